@@ -1,0 +1,128 @@
+"""One LSTM step: the equations, once.
+
+With ``x`` the input, ``h``/``c`` the previous hidden and cell states and ``*`` the
+elementwise product (PyTorch's ``torch.nn.LSTM`` and ``torch.nn.LSTMCell``)::
+
+    i  = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
+    f  = sigmoid(W_if x + b_if + W_hf h + b_hf)
+    g  = tanh   (W_ig x + b_ig + W_hg h + b_hg)
+    o  = sigmoid(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g
+    h' = o * tanh(c')
+    h' = W_hr h'            (only with a projection, proj_size > 0)
+
+The input part ``W_i* x + b_i* + b_h*`` does not depend on the state, so callers compute
+it for a whole sequence at once (one matmul, outside the time loop) and pass it here as
+``xg``: the step itself only does the recurrent matmul and the elementwise gates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm._checks import check_floating
+from jaxlstm._params import CellParams, LayerParams
+
+Array = jax.Array
+
+
+def input_gates(x: Array, w_ih: Array, b_ih: Array | None, b_hh: Array | None) -> Array:
+    """The state-independent part of the gates: ``x @ w_ih.T + b_ih + b_hh``.
+
+    Args:
+        x: ``(..., H_in)``.
+        w_ih: ``(4H, H_in)``.
+        b_ih, b_hh: ``(4H,)`` or ``None``.
+
+    Returns:
+        ``(..., 4H)``.
+    """
+    xg = x @ w_ih.T  # (..., H_in) @ (H_in, 4H) -> (..., 4H)
+    if b_ih is not None:
+        xg = xg + (b_ih + b_hh)
+    return xg
+
+
+def step(xg: Array, h: Array, c: Array, w_hh_t: Array, w_hr_t: Array | None) -> tuple[Array, Array]:
+    """One step from precomputed input gates (any leading dims, broadcast by ``@``).
+
+    Args:
+        xg: ``(..., 4H)``, :func:`input_gates` of this step's input.
+        h: ``(..., H_out)``, previous hidden state.
+        c: ``(..., H)``, previous cell state.
+        w_hh_t: ``(..., H_out, 4H)``, ``w_hh`` transposed (batched over any leading dims
+            shared with ``h``, e.g. a direction axis).
+        w_hr_t: ``(..., H, P)``, ``w_hr`` transposed, or ``None`` (no projection).
+
+    Returns:
+        ``(h', c')`` with shapes ``(..., H_out)`` and ``(..., H)``.
+    """
+    gates = xg + h @ w_hh_t  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)  # each (..., H)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    if w_hr_t is not None:
+        h = h @ w_hr_t  # (..., H) @ (..., H, P) -> (..., P)
+    return h, c
+
+
+def lstm_cell(
+    params: CellParams | LayerParams, input: Array, hx: tuple[Array, Array] | None = None
+) -> tuple[Array, Array]:
+    """One step of ``torch.nn.LSTMCell``.
+
+    Args:
+        params: :class:`~jaxlstm.CellParams` (``w_ih (4H, H_in)``, ``w_hh (4H, H)``,
+            ``b_ih``/``b_hh (4H,)`` or ``None``), e.g. from
+            :func:`~jaxlstm.init_cell_params`.
+        input: ``(N, H_in)``, or ``(H_in,)`` unbatched.
+        hx: optional ``(h_0, c_0)``, each ``(N, H)`` (``(H,)`` unbatched); zeros when
+            omitted.
+
+    Returns:
+        ``(h_1, c_1)``, each ``(N, H)`` (``(H,)`` unbatched), in the common floating dtype
+        of ``params``, ``input`` and ``hx``.
+
+    Example:
+        >>> p = init_cell_params(jax.random.key(0), 10, 20)
+        >>> h, c = lstm_cell(p, jnp.ones((3, 10)))
+        >>> h.shape, c.shape
+        ((3, 20), (3, 20))
+    """
+    if not isinstance(params, (CellParams, LayerParams)):
+        raise TypeError(
+            "params must be jaxlstm.CellParams (as made by jaxlstm.init_cell_params), got "
+            f"{type(params).__name__}"
+        )
+    input = check_floating("input", input)
+    four_h, input_size = params.w_ih.shape
+    hidden = four_h // 4
+    if input.ndim not in (1, 2):
+        raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.ndim}D instead")
+    if input.shape[-1] != input_size:
+        raise ValueError(
+            f"input has inconsistent input_size: got {input.shape[-1]} expected {input_size}"
+        )
+    lead = input.shape[:-1]
+    if hx is None:
+        h = c = jnp.zeros((*lead, hidden), input.dtype)
+    else:
+        h, c = _check_cell_hx(hx, lead, hidden)
+    dtype = jnp.result_type(input, h, c, *(a for a in params[:4] if a is not None))
+    w_ih, w_hh, b_ih, b_hh = (None if a is None else a.astype(dtype) for a in params[:4])
+    xg = input_gates(input.astype(dtype), w_ih, b_ih, b_hh)
+    return step(xg, h.astype(dtype), c.astype(dtype), w_hh.T, None)
+
+
+def _check_cell_hx(hx, lead: tuple[int, ...], hidden: int) -> tuple[Array, Array]:
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+    want = (*lead, hidden)
+    out = []
+    for i, s in enumerate(hx):
+        s = check_floating(f"hx[{i}]", s)
+        if s.shape != want:
+            raise ValueError(f"Expected hx[{i}] size {want}, got {list(s.shape)}")
+        out.append(s)
+    return out[0], out[1]

@@ -1,0 +1,132 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``ValueError``/``TypeError`` naming the argument, what was expected and
+what came, in PyTorch's words where PyTorch has words. Checks on values (not shapes)
+run only where the values are concrete; under ``jax.jit`` they are skipped and the
+documented traced behaviour applies.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array when its value is known now, ``None`` when it is traced."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> None:
+    """Requires a Python/numpy integer ``>= minimum`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < minimum:
+        words = "greater than zero" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be {words}, got {value}")
+
+
+def check_sizes(*, input_size: Any, hidden_size: Any, num_layers: Any = 1, proj_size: Any = 0):
+    """The constructor sizes of ``torch.nn.LSTM``, with PyTorch's messages."""
+    check_int("input_size", input_size, minimum=1)
+    check_int("hidden_size", hidden_size, minimum=1)
+    check_int("num_layers", num_layers, minimum=1)
+    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(
+            "proj_size should be a positive integer or zero to disable projections, "
+            f"got {proj_size}"
+        )
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+            f"and hidden_size={hidden_size}"
+        )
+
+
+def check_dropout(dropout: Any, num_layers: int) -> float:
+    """``0 <= dropout <= 1`` (PyTorch's words); warns as PyTorch for one layer."""
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+        raise TypeError(
+            "dropout should be a number in range [0, 1] representing the probability of "
+            f"an element being zeroed, got {type(dropout).__name__}"
+        )
+    if not 0 <= dropout <= 1:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of "
+            f"an element being zeroed, got {dropout}"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return float(dropout)
+
+
+def check_floating(name: str, x: Any) -> jax.Array:
+    """``x`` as a JAX array, which must have a floating dtype (``TypeError`` otherwise)."""
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from None
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, bfloat16, float32, float64), "
+            f"got dtype {x.dtype}"
+        )
+    return x
+
+
+def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = "lengths"):
+    """Validates per-sequence lengths; returns them as an integer JAX array.
+
+    Args:
+        lengths: ``(N,)`` (or a scalar when ``batch`` is ``None``: unbatched input).
+        batch: ``N``, or ``None`` for a scalar.
+        max_len: ``L``, the padded length; concrete lengths must lie in ``[0, L]``.
+        name: the argument's name in messages.
+
+    Traced lengths are not range-checked: under ``jax.jit`` a length above ``L`` acts
+    as ``L`` and a negative one as ``0``.
+    """
+    if isinstance(lengths, (list, tuple)):
+        lengths = np.asarray(lengths)
+    if not hasattr(lengths, "dtype"):
+        lengths = np.asarray(lengths)
+    want_ndim = 0 if batch is None else 1
+    if lengths.ndim != want_ndim:
+        shape = "a scalar" if batch is None else f"a 1-D array of shape ({batch},)"
+        raise ValueError(f"{name} must be {shape}, got shape {tuple(lengths.shape)}")
+    if batch is not None and lengths.shape[0] != batch:
+        raise ValueError(
+            f"Expected `len({name})` to be equal to batch_size, but got "
+            f"{lengths.shape[0]} (batch_size={batch})"
+        )
+    values = concrete(lengths)
+    is_int = jnp.issubdtype(lengths.dtype, jnp.integer)
+    if not is_int and not (jnp.issubdtype(lengths.dtype, jnp.floating) and values is not None):
+        raise TypeError(f"{name} must be an integer array, got dtype {lengths.dtype}")
+    if values is not None:
+        if not is_int and not np.all(values == np.round(values)):
+            raise TypeError(f"{name} must hold whole numbers, got {values.tolist()}")
+        if values.size and (values.min() < 0 or values.max() > max_len):
+            raise ValueError(
+                f"{name} must lie in [0, {max_len}] (the padded sequence length), got "
+                f"{values.tolist()}"
+            )
+    return jnp.asarray(lengths).astype(jnp.int32)

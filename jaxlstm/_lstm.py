@@ -1,0 +1,173 @@
+"""``lstm()``: ``torch.nn.LSTM``'s forward as a pure function.
+
+This module owns the input forms (batched, ``batch_first``, unbatched, packed), their
+validation, the stacking of layers, and inter-layer dropout. One layer over a sequence
+is :func:`jaxlstm._scan.scan_layer`; one step is :mod:`jaxlstm._cell`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm._checks import check_dropout, check_floating, check_lengths
+from jaxlstm._packed import PackedSequence
+from jaxlstm._params import Config, Params, config_of
+from jaxlstm._scan import scan_layer
+
+Array = jax.Array
+State = tuple[Array, Array]
+
+
+def lstm(
+    params: Params,
+    input: Array | PackedSequence,
+    hx: State | None = None,
+    *,
+    lengths: Array | None = None,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    key: Array | None = None,
+) -> tuple[Array | PackedSequence, State]:
+    """Runs a (multi-layer, optionally bidirectional) LSTM over a batch of sequences.
+
+    The same computation as ``torch.nn.LSTM``, number for number. Shape letters: ``L``
+    sequence length, ``N`` batch, ``H_in`` input size, ``H`` hidden size, ``P``
+    projection size, ``H_out = P or H``, ``D = 2`` if bidirectional else ``1``.
+
+    Args:
+        params: ``params[layer][direction]`` of :class:`~jaxlstm.LayerParams`, e.g. from
+            :func:`~jaxlstm.init_params` or :func:`~jaxlstm.params_from_torch`; the
+            configuration is read from it.
+        input: ``(L, N, H_in)``; ``(N, L, H_in)`` with ``batch_first``; ``(L, H_in)``
+            for one unbatched sequence; or a :class:`~jaxlstm.PackedSequence`.
+        hx: optional ``(h_0, c_0)``, shapes ``(D*num_layers, N, H_out)`` and
+            ``(D*num_layers, N, H)`` (no ``N`` axis when unbatched), slot
+            ``layer*D + direction``; zeros when omitted. ``batch_first`` never applies.
+        lengths: optional ``(N,)`` integers (a scalar when unbatched), each sequence's
+            valid steps, in any order. Traced: new values never recompile. Results are
+            PyTorch's packed results: zeros past each length, the reverse direction over
+            each valid part, ``h_n``/``c_n`` at each sequence's own last valid step.
+            A length of 0 gives zero outputs and ``h_n, c_n = h_0, c_0``. Under ``jit``
+            (where values can't be checked) a length above ``L`` acts as ``L`` and a
+            negative one as 0. Not allowed with a ``PackedSequence``, which has its own.
+        batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``.
+        dropout: probability of zeroing each output of every layer but the last; applied
+            only when ``key`` is given.
+        key: a ``jax.random`` key for dropout; ``None`` is inference (deterministic).
+
+    Returns:
+        ``(output, (h_n, c_n))``: ``output`` in the form of ``input`` with feature size
+        ``D*H_out`` (zero past each length); ``h_n (D*num_layers, N, H_out)``,
+        ``c_n (D*num_layers, N, H)`` (no ``N`` axis when unbatched). The dtype is the
+        common floating dtype of ``params``, ``input`` and ``hx``.
+
+    Example:
+        >>> params = init_params(jax.random.key(0), 5, 3, num_layers=2)
+        >>> out, (h_n, c_n) = lstm(params, jnp.ones((10, 4, 5)), lengths=jnp.array([10, 3, 0, 7]))
+        >>> out.shape, h_n.shape
+        ((10, 4, 3), (2, 4, 3))
+    """
+    cfg = config_of(params)
+    dropout = check_dropout(dropout, cfg.num_layers)
+    x, lengths, unbatched = _time_major(input, lengths, batch_first, cfg)
+    seq_len, batch, _ = x.shape
+    h0, c0 = _initial_state(hx, cfg, batch, unbatched, x.dtype)
+    dtype = jnp.result_type(x, h0, c0, *jax.tree_util.tree_leaves(params))
+    x, h0, c0 = x.astype(dtype), h0.astype(dtype), c0.astype(dtype)
+    if lengths is not None:
+        valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
+        x = jnp.where(valid[..., None], x, 0)  # padding is never read, nor differentiated
+
+    num_dirs = cfg.num_directions
+    h_n, c_n = [], []
+    for k, layer in enumerate(params):
+        layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
+        slots = slice(k * num_dirs, (k + 1) * num_dirs)
+        x, h, c = scan_layer(layer, x, h0[slots], c0[slots], lengths)
+        h_n.append(h)
+        c_n.append(c)
+        if k < cfg.num_layers - 1 and dropout > 0 and key is not None:
+            x = _dropout(x, dropout, jax.random.fold_in(key, k))
+    h_n, c_n = jnp.concatenate(h_n), jnp.concatenate(c_n)  # (D*num_layers, N, H_out / H)
+
+    if isinstance(input, PackedSequence):
+        return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
+    if unbatched:
+        return x[:, 0], (h_n[:, 0], c_n[:, 0])  # (L, D*H_out), (D*num_layers, H_out / H)
+    if batch_first:
+        x = jnp.swapaxes(x, 0, 1)  # (L, N, D*H_out) -> (N, L, D*H_out)
+    return x, (h_n, c_n)
+
+
+def _time_major(
+    input: Any, lengths: Any, batch_first: bool, cfg: Config
+) -> tuple[Array, Array | None, bool]:
+    """Checks ``input`` and ``lengths``; returns ``x (L, N, H_in)``, ``(N,)`` lengths."""
+    if isinstance(input, PackedSequence):
+        if lengths is not None:
+            raise ValueError(
+                "lengths must not be given with a PackedSequence input, which carries its own"
+            )
+        x, lengths, unbatched = check_floating("input", input.padded), input.lengths, False
+        if x.ndim != 3:
+            raise ValueError(
+                f"LSTM: Expected a PackedSequence of (L, N, H_in) padded data, got {x.ndim}D"
+            )
+    else:
+        x = check_floating("input", input)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.ndim}D instead")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None]  # (L, H_in) -> (L, 1, H_in)
+        elif batch_first:
+            x = jnp.swapaxes(x, 0, 1)  # (N, L, H_in) -> (L, N, H_in)
+    if x.shape[-1] != cfg.input_size:
+        raise ValueError(
+            "input.size(-1) must be equal to input_size. "
+            f"Expected {cfg.input_size}, got {x.shape[-1]}"
+        )
+    if lengths is not None:
+        batch = None if unbatched else x.shape[1]
+        lengths = check_lengths(lengths, batch=batch, max_len=x.shape[0]).reshape(x.shape[1])
+    return x, lengths, unbatched
+
+
+def _initial_state(
+    hx: Any, cfg: Config, batch: int, unbatched: bool, dtype: Any
+) -> tuple[Array, Array]:
+    """``(h_0 (D*num_layers, N, H_out), c_0 (D*num_layers, N, H))``, zeros if ``hx`` is None."""
+    slots = cfg.num_directions * cfg.num_layers
+    if hx is None:
+        return (
+            jnp.zeros((slots, batch, cfg.output_size), dtype),
+            jnp.zeros((slots, batch, cfg.hidden_size), dtype),
+        )
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+    h0, c0 = check_floating("hx[0]", hx[0]), check_floating("hx[1]", hx[1])
+    want_ndim = 2 if unbatched else 3
+    if h0.ndim != want_ndim or c0.ndim != want_ndim:
+        kind = "unbatched 2-D" if unbatched else "batched 3-D"
+        raise ValueError(
+            f"For {kind} input, hx and cx should also be {want_ndim}-D but got "
+            f"({h0.ndim}-D, {c0.ndim}-D) tensors"
+        )
+    lead = (slots,) if unbatched else (slots, batch)
+    for i, (state, size) in enumerate(((h0, cfg.output_size), (c0, cfg.hidden_size))):
+        if state.shape != (*lead, size):
+            raise ValueError(f"Expected hidden[{i}] size {(*lead, size)}, got {list(state.shape)}")
+    if unbatched:
+        return h0[:, None], c0[:, None]  # (D*num_layers, H) -> (D*num_layers, 1, H)
+    return h0, c0
+
+
+def _dropout(x: Array, rate: float, key: Array) -> Array:
+    """Inverted dropout: zeros with probability ``rate``, the rest scaled by ``1/(1-rate)``."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0)
