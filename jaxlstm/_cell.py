@@ -44,7 +44,62 @@ def input_gates(x: Array, w_ih: Array, b_ih: Array | None, b_hh: Array | None) -
     return xg
 
 
-def step(xg: Array, h: Array, c: Array, w_hh_t: Array, w_hr_t: Array | None) -> tuple[Array, Array]:
+def activations(gates: Array) -> Array:
+    """``(..., 4H)`` pre-activations -> ``(..., 4H)`` gates ``[sigmoid(i), sigmoid(f), tanh(g),
+    sigmoid(o)]``."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)  # each (..., H)
+    return jnp.concatenate(
+        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], -1
+    )
+
+
+def update(act: Array, c: Array) -> tuple[Array, Array]:
+    """The new cell state and the unprojected hidden state from activated gates.
+
+    Args:
+        act: ``(..., 4H)`` from :func:`activations`.
+        c: ``(..., H)``, previous cell state.
+
+    Returns:
+        ``(c', o * tanh(c'))``, each ``(..., H)``.
+    """
+    i, f, g, o = jnp.split(act, 4, axis=-1)  # each (..., H)
+    c = f * c + i * g
+    return c, o * jnp.tanh(c)
+
+
+def update_vjp(act: Array, c_prev: Array, c: Array, dr: Array, dc: Array) -> tuple[Array, Array]:
+    """Reverse mode of :func:`activations` then :func:`update`.
+
+    Args:
+        act: ``(..., 4H)`` activated gates of the step.
+        c_prev: ``(..., H)``, the cell state before the step.
+        c: ``(..., H)``, the cell state after the step.
+        dr: ``(..., H)``, cotangent of ``o * tanh(c)`` (the unprojected ``h``).
+        dc: ``(..., H)``, cotangent of ``c`` from later steps.
+
+    Returns:
+        ``(dgates, dc_prev)``: ``(..., 4H)`` cotangent of the gate pre-activations and
+        ``(..., H)`` cotangent of ``c_prev``.
+    """
+    i, f, g, o = jnp.split(act, 4, axis=-1)  # each (..., H)
+    tanh_c = jnp.tanh(c)
+    dc = dc + dr * o * (1 - tanh_c * tanh_c)
+    dgates = jnp.concatenate(
+        [
+            dc * g * i * (1 - i),
+            dc * c_prev * f * (1 - f),
+            dc * i * (1 - g * g),
+            dr * tanh_c * o * (1 - o),
+        ],
+        axis=-1,
+    )
+    return dgates, dc * f
+
+
+def step(
+    xg: Array, h: Array, c: Array, w_hh_t: Array, w_hr_t: Array | None
+) -> tuple[Array, Array, Array]:
     """One step from precomputed input gates (any leading dims, broadcast by ``@``).
 
     Args:
@@ -56,15 +111,14 @@ def step(xg: Array, h: Array, c: Array, w_hh_t: Array, w_hr_t: Array | None) -> 
         w_hr_t: ``(..., H, P)``, ``w_hr`` transposed, or ``None`` (no projection).
 
     Returns:
-        ``(h', c')`` with shapes ``(..., H_out)`` and ``(..., H)``.
+        ``(h', c', act)`` with shapes ``(..., H_out)``, ``(..., H)`` and ``(..., 4H)``
+        (the activated gates, kept for :func:`update_vjp`).
     """
-    gates = xg + h @ w_hh_t  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)  # each (..., H)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    act = activations(xg + h @ w_hh_t)  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
+    c, h = update(act, c)
     if w_hr_t is not None:
         h = h @ w_hr_t  # (..., H) @ (..., H, P) -> (..., P)
-    return h, c
+    return h, c, act
 
 
 def lstm_cell(
@@ -112,7 +166,8 @@ def lstm_cell(
     dtype = jnp.result_type(input, h, c, *(a for a in params[:4] if a is not None))
     w_ih, w_hh, b_ih, b_hh = (None if a is None else a.astype(dtype) for a in params[:4])
     xg = input_gates(input.astype(dtype), w_ih, b_ih, b_hh)
-    return step(xg, h.astype(dtype), c.astype(dtype), w_hh.T, None)
+    h, c, _ = step(xg, h.astype(dtype), c.astype(dtype), w_hh.T, None)
+    return h, c
 
 
 def _check_cell_hx(hx, lead: tuple[int, ...], hidden: int) -> tuple[Array, Array]:

@@ -15,10 +15,18 @@ ends at step 0, exactly PyTorch's packed semantics, without flipping each sequen
 its length: steps past a length leave the state at ``h0``. A length of 0 leaves
 ``h0, c0`` untouched and gives zero outputs.
 
-Speed: the input projection of all steps and both directions is one matmul before the
-loop; the loop body is one batched ``(D, N, H_out) @ (D, H_out, 4H)`` matmul plus the
-elementwise gates; the reverse direction reads its inputs from a time-flipped copy so
-that both directions advance together.
+Speed:
+
+* The input projection of all steps and both directions is one matmul before the loop;
+  the loop body is one batched ``(D, N, H_out) @ (D, H_out, 4H)`` matmul plus the
+  elementwise gates. The reverse direction reads a time-flipped copy of its input
+  gates, so both directions advance in the same loop ("scan order" below).
+* Reverse mode is hand-written (:func:`_recurrence` has a custom VJP, cuDNN's scheme):
+  the forward loop saves only the activated gates and the cell states; the backward
+  loop carries only ``dh, dc`` and emits the gate cotangents; the weight gradients
+  are then single large matmuls over all ``L*N`` rows instead of a small matmul added
+  into the carry at every step. Forward-mode differentiation (``jax.jvp``) of the
+  recurrence is therefore not available.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm._cell import step
+from jaxlstm._cell import activations, update, update_vjp
 from jaxlstm._params import LayerParams
 
 Array = jax.Array
@@ -60,35 +68,111 @@ def scan_layer(
         ``(y, h_n, c_n)``: ``y (L, N, D*H_out)`` (direction outputs concatenated on the
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
-    num_dirs = len(layer)
     seq_len, batch, _ = x.shape
     w_ih = jnp.stack([p.w_ih for p in layer])  # (D, 4H, H_in)
     xg = jnp.einsum("lni,dgi->ldng", x, w_ih)  # (L, D, N, 4H)
     if layer[0].b_ih is not None:
         xg = xg + jnp.stack([p.b_ih + p.b_hh for p in layer])[:, None, :]  # + (D, 1, 4H)
-    xg = _flip_reverse(xg)  # step t of direction 1 reads time L-1-t
     w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H_out, 4H)
     w_hr_t = None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer])  # (D,H,P)
-
-    if lengths is None:
-
-        def body(carry, xg_t):
-            h, c = step(xg_t, *carry, w_hh_t, w_hr_t)
-            return (h, c), h
-
-        (h_n, c_n), ys = lax.scan(body, (h0, c0), xg)
-    else:
+    valid = None
+    if lengths is not None:
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
-        valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, num_dirs, batch)))
-
-        def body(carry, inputs):
-            xg_t, valid_t = inputs  # (D, N, 4H), (D, N)
-            h, c = step(xg_t, *carry, w_hh_t, w_hr_t)
-            keep = valid_t[..., None]  # (D, N, 1)
-            carry = (jnp.where(keep, h, carry[0]), jnp.where(keep, c, carry[1]))
-            return carry, jnp.where(keep, h, 0)
-
-        (h_n, c_n), ys = lax.scan(body, (h0, c0), (xg, valid))
+        valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, len(layer), batch)))
+    ys, h_n, c_n = _recurrence(_flip_reverse(xg), w_hh_t, w_hr_t, h0, c0, valid)
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
     y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, -1)  # (L, N, D*H_out)
     return y, h_n, c_n
+
+
+def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
+    """The forward loop in scan order.
+
+    Args:
+        xg: ``(L, D, N, 4H)`` input gates in scan order.
+        w_hh_t: ``(D, H_out, 4H)``.
+        w_hr_t: ``(D, H, P)`` or ``None``.
+        h0, c0: ``(D, N, H_out)``, ``(D, N, H)``.
+        valid: ``(L, D, N)`` bool in scan order, or ``None`` (all valid).
+        save: also return the residuals of the backward pass.
+
+    Returns:
+        ``(ys (L, D, N, H_out), h_n, c_n)``, plus, with ``save``, the activated gates
+        ``(L, D, N, 4H)`` and the cell-state carries ``(L, D, N, H)``.
+    """
+
+    def body(carry, inputs):
+        h, c = carry
+        xg_t, valid_t = inputs  # (D, N, 4H), (D, N) or None
+        act = activations(xg_t + h @ w_hh_t)  # (D, N, H_out) @ (D, H_out, 4H)
+        c_new, h_new = update(act, c)
+        if w_hr_t is not None:
+            h_new = h_new @ w_hr_t  # (D, N, H) @ (D, H, P) -> (D, N, P)
+        y = h_new
+        if valid_t is not None:
+            keep = valid_t[..., None]  # (D, N, 1)
+            h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+            y = jnp.where(keep, y, 0)
+        return (h_new, c_new), ((y, act, c_new) if save else y)
+
+    (h_n, c_n), out = lax.scan(body, (h0, c0), (xg, valid))
+    return (*out, h_n, c_n) if save else (out, h_n, c_n)
+
+
+@jax.custom_vjp
+def _recurrence(xg, w_hh_t, w_hr_t, h0, c0, valid):
+    """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
+
+    Returns:
+        ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
+    """
+    return _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, save=False)
+
+
+def _recurrence_fwd(xg, w_hh_t, w_hr_t, h0, c0, valid):
+    ys, acts, cs, h_n, c_n = _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, save=True)
+    return (ys, h_n, c_n), (ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid)
+
+
+def _shift(seq: Array, first: Array) -> Array:
+    """``seq (L, ...)`` delayed by one step, ``first (...)`` at step 0."""
+    return jnp.concatenate([first[None], seq[:-1]])
+
+
+def _recurrence_bwd(residuals, cotangents):
+    ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid = residuals
+    d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
+    c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
+    h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
+    if valid is not None:  # ...except before a sequence's first valid step, where it is h0
+        h_prev = jnp.where(_shift(valid, jnp.zeros_like(valid[0]))[..., None], h_prev, h0)
+    w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
+    w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
+
+    def body(carry, inputs):
+        dh, dc = carry  # (D, N, H_out), (D, N, H)
+        dy, act, c, c_before, valid_t = inputs
+        dh_new = dh + dy
+        if valid_t is not None:
+            keep = valid_t[..., None]  # (D, N, 1): a frozen step passes dh, dc through
+            dh_new, dh = jnp.where(keep, dh_new, 0), jnp.where(keep, 0, dh)
+            dc_new, dc = jnp.where(keep, dc, 0), jnp.where(keep, 0, dc)
+        else:
+            dh, dc_new, dc = 0, dc, 0
+        dr = dh_new if w_hr is None else dh_new @ w_hr  # (D, N, P) @ (D, P, H) -> (D, N, H)
+        dgates, dc_prev = update_vjp(act, c_before, c, dr, dc_new)
+        dh_prev = dgates @ w_hh  # (D, N, 4H) @ (D, 4H, H_out) -> (D, N, H_out)
+        return (dh + dh_prev, dc + dc_prev), (dgates if w_hr is None else (dgates, dh_new))
+
+    inputs = (d_ys, acts, cs, c_prev, valid)
+    (dh0, dc0), out = lax.scan(body, (d_hn, d_cn), inputs, reverse=True)
+    dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
+    d_w_hh_t = jnp.einsum("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
+    d_w_hr_t = None
+    if w_hr is not None:
+        o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
+        d_w_hr_t = jnp.einsum("ldnh,ldnp->dhp", o * jnp.tanh(cs), out[1])  # (D, H, P)
+    return dgates, d_w_hh_t, d_w_hr_t, dh0, dc0, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
