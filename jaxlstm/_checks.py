@@ -55,8 +55,19 @@ def check_sizes(*, input_size: Any, hidden_size: Any, num_layers: Any = 1, proj_
         )
 
 
+def check_static(name: str, value: Any) -> None:
+    """Refuses a traced value for an option that shapes the computation."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a Python value, not a traced array: it decides the shape of the "
+            f"computation. Under jax.jit, mark it static, e.g. "
+            f"jax.jit(jaxlstm.lstm, static_argnames=({name!r},))"
+        )
+
+
 def check_dropout(dropout: Any, num_layers: int) -> float:
     """``0 <= dropout <= 1`` (PyTorch's words); warns as PyTorch for one layer."""
+    check_static("dropout", dropout)
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
         raise TypeError(
             "dropout should be a number in range [0, 1] representing the probability of "

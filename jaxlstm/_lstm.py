@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlstm._checks import check_dropout, check_floating, check_lengths
+from jaxlstm._checks import check_dropout, check_floating, check_lengths, check_static
 from jaxlstm._packed import PackedSequence
 from jaxlstm._params import Config, Params, config_of
 from jaxlstm._scan import scan_layer
@@ -71,6 +71,7 @@ def lstm(
         ((10, 4, 3), (2, 4, 3))
     """
     cfg = config_of(params)
+    check_static("batch_first", batch_first)
     dropout = check_dropout(dropout, cfg.num_layers)
     x, lengths, unbatched = _time_major(input, lengths, batch_first, cfg)
     seq_len, batch, _ = x.shape
