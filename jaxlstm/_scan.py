@@ -17,6 +17,8 @@ its length: steps past a length leave the state at ``h0``. A length of 0 leaves
 
 Speed:
 
+* Each step's inputs are prefetched into the carry (:func:`_scan`), which keeps the
+  elementwise gate kernels vectorized.
 * The input projection of all steps and both directions is one matmul before the loop;
   the loop body is one batched ``(D, N, H_out) @ (D, H_out, 4H)`` matmul plus the
   elementwise gates. The reverse direction reads a time-flipped copy of its input
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm._cell import activations, update, update_vjp
+from jaxlstm._cell import activations, input_gates, update, update_vjp
 from jaxlstm._params import LayerParams
 
 Array = jax.Array
@@ -69,10 +71,7 @@ def scan_layer(
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
     seq_len, batch, _ = x.shape
-    w_ih = jnp.stack([p.w_ih for p in layer])  # (D, 4H, H_in)
-    xg = jnp.einsum("lni,dgi->ldng", x, w_ih)  # (L, D, N, 4H)
-    if layer[0].b_ih is not None:
-        xg = xg + jnp.stack([p.b_ih + p.b_hh for p in layer])[:, None, :]  # + (D, 1, 4H)
+    xg = jnp.stack([input_gates(x, p.w_ih, p.b_ih, p.b_hh) for p in layer], 1)  # (L, D, N, 4H)
     w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H_out, 4H)
     w_hr_t = None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer])  # (D,H,P)
     valid = None
@@ -83,6 +82,32 @@ def scan_layer(
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
     y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, -1)  # (L, N, D*H_out)
     return y, h_n, c_n
+
+
+def _scan(body, init, xs, *, reverse: bool = False):
+    """``lax.scan(body, init, xs, reverse=reverse)`` with each step's inputs prefetched.
+
+    The inputs of step ``t`` are sliced out of ``xs`` during step ``t-1`` and handed over
+    in the carry. XLA:CPU compiles an elementwise kernel that reads a slice of a scanned
+    array without vector instructions (measured: 139 vs 24 us per step at H=256, N=32);
+    reading the carry, the gate kernels vectorize.
+    """
+    steps = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if steps == 0:
+        return lax.scan(body, init, xs, reverse=reverse)
+
+    def at(t):
+        return jax.tree_util.tree_map(lambda a: lax.dynamic_index_in_dim(a, t, 0, False), xs)
+
+    def wrapped(carry, t):
+        inner, current = carry
+        upcoming = at(jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, steps - 1))
+        inner, out = body(inner, current)
+        return (inner, upcoming), out
+
+    first = at(steps - 1 if reverse else 0)
+    (carry, _), out = lax.scan(wrapped, (init, first), jnp.arange(steps), reverse=reverse)
+    return carry, out
 
 
 def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
@@ -115,7 +140,7 @@ def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
             y = jnp.where(keep, y, 0)
         return (h_new, c_new), ((y, act, c_new) if save else y)
 
-    (h_n, c_n), out = lax.scan(body, (h0, c0), (xg, valid))
+    (h_n, c_n), out = _scan(body, (h0, c0), (xg, valid))
     return (*out, h_n, c_n) if save else (out, h_n, c_n)
 
 
@@ -165,7 +190,7 @@ def _recurrence_bwd(residuals, cotangents):
         return (dh + dh_prev, dc + dc_prev), (dgates if w_hr is None else (dgates, dh_new))
 
     inputs = (d_ys, acts, cs, c_prev, valid)
-    (dh0, dc0), out = lax.scan(body, (d_hn, d_cn), inputs, reverse=True)
+    (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
     dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
     d_w_hh_t = jnp.einsum("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
     d_w_hr_t = None
