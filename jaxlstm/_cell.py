@@ -18,6 +18,8 @@ it for a whole sequence at once (one matmul, outside the time loop) and pass it 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -27,18 +29,30 @@ from jaxlstm._params import CellParams, LayerParams
 Array = jax.Array
 
 
-def input_gates(x: Array, w_ih: Array, b_ih: Array | None, b_hh: Array | None) -> Array:
+def matmul(a: Array, w: Array) -> Array:
+    """``a @ w`` computed in ``w``'s dtype, accumulated and returned in ``a``'s dtype.
+
+    With float32 ``a`` and bfloat16 ``w`` this is a bfloat16 matmul with float32
+    accumulation (the ``matmul_dtype`` mode); with equal dtypes, a plain ``a @ w``.
+    """
+    return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=a.dtype)
+
+
+def input_gates(
+    x: Array, w_ih: Array, b_ih: Array | None, b_hh: Array | None, matmul_dtype: Any = None
+) -> Array:
     """The state-independent part of the gates: ``x @ w_ih.T + b_ih + b_hh``.
 
     Args:
         x: ``(..., H_in)``.
         w_ih: ``(4H, H_in)``.
         b_ih, b_hh: ``(4H,)`` or ``None``.
+        matmul_dtype: dtype of the matmul's operands (``None``: ``x``'s dtype).
 
     Returns:
-        ``(..., 4H)``.
+        ``(..., 4H)`` in ``x``'s dtype.
     """
-    xg = x @ w_ih.T  # (..., H_in) @ (H_in, 4H) -> (..., 4H)
+    xg = matmul(x, w_ih.T.astype(matmul_dtype or x.dtype))  # (..., H_in) @ (H_in, 4H)
     if b_ih is not None:
         xg = xg + (b_ih + b_hh)
     return xg
@@ -107,17 +121,17 @@ def step(
         h: ``(..., H_out)``, previous hidden state.
         c: ``(..., H)``, previous cell state.
         w_hh_t: ``(..., H_out, 4H)``, ``w_hh`` transposed (batched over any leading dims
-            shared with ``h``, e.g. a direction axis).
+            shared with ``h``, e.g. a direction axis), in the matmul dtype.
         w_hr_t: ``(..., H, P)``, ``w_hr`` transposed, or ``None`` (no projection).
 
     Returns:
         ``(h', c', act)`` with shapes ``(..., H_out)``, ``(..., H)`` and ``(..., 4H)``
         (the activated gates, kept for :func:`update_vjp`).
     """
-    act = activations(xg + h @ w_hh_t)  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
+    act = activations(xg + matmul(h, w_hh_t))  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
     c, h = update(act, c)
     if w_hr_t is not None:
-        h = h @ w_hr_t  # (..., H) @ (..., H, P) -> (..., P)
+        h = matmul(h, w_hr_t)  # (..., H) @ (..., H, P) -> (..., P)
     return h, c, act
 
 

@@ -103,6 +103,21 @@ def check_floating(name: str, x: Any) -> jax.Array:
     return x
 
 
+def check_matmul_dtype(matmul_dtype: Any, dtype: Any = None) -> Any:
+    """A floating dtype for the matmuls' operands, or ``None`` when it is ``dtype``."""
+    if matmul_dtype is None:
+        return None
+    try:
+        md = jnp.dtype(matmul_dtype)
+    except TypeError:
+        raise TypeError(
+            f"matmul_dtype must be a floating dtype or None, got {matmul_dtype!r}"
+        ) from None
+    if not jnp.issubdtype(md, jnp.floating):
+        raise TypeError(f"matmul_dtype must be a floating dtype or None, got {md}")
+    return None if dtype is not None and md == jnp.dtype(dtype) else md
+
+
 def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = "lengths"):
     """Validates per-sequence lengths; returns them as an integer JAX array.
 

@@ -12,7 +12,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlstm._checks import check_dropout, check_floating, check_lengths, check_static
+from jaxlstm._checks import (
+    check_dropout,
+    check_floating,
+    check_lengths,
+    check_matmul_dtype,
+    check_static,
+)
 from jaxlstm._packed import PackedSequence
 from jaxlstm._params import Config, Params, config_of
 from jaxlstm._scan import scan_layer
@@ -30,6 +36,7 @@ def lstm(
     batch_first: bool = False,
     dropout: float = 0.0,
     key: Array | None = None,
+    matmul_dtype: Any = None,
 ) -> tuple[Array | PackedSequence, State]:
     """Runs a (multi-layer, optionally bidirectional) LSTM over a batch of sequences.
 
@@ -57,6 +64,10 @@ def lstm(
         dropout: probability of zeroing each output of every layer but the last; applied
             only when ``key`` is given.
         key: a ``jax.random`` key for dropout; ``None`` is inference (deterministic).
+        matmul_dtype: opt-in reduced-precision mode, e.g. ``jnp.bfloat16``: the operands
+            of every matmul (forward and backward) are cast to it, while accumulation,
+            the cell state, the gates and the results stay in the result dtype. ``None``
+            (default) computes everything in the result dtype, PyTorch's numbers.
 
     Returns:
         ``(output, (h_n, c_n))``: ``output`` in the form of ``input`` with feature size
@@ -78,6 +89,7 @@ def lstm(
     h0, c0 = _initial_state(hx, cfg, batch, unbatched, x.dtype)
     dtype = jnp.result_type(x, h0, c0, *jax.tree_util.tree_leaves(params))
     x, h0, c0 = x.astype(dtype), h0.astype(dtype), c0.astype(dtype)
+    matmul_dtype = check_matmul_dtype(matmul_dtype, dtype)
     if lengths is not None:
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
         x = jnp.where(valid[..., None], x, 0)  # padding is never read, nor differentiated
@@ -87,7 +99,7 @@ def lstm(
     for k, layer in enumerate(params):
         layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
         slots = slice(k * num_dirs, (k + 1) * num_dirs)
-        x, h, c = scan_layer(layer, x, h0[slots], c0[slots], lengths)
+        x, h, c = scan_layer(layer, x, h0[slots], c0[slots], lengths, matmul_dtype)
         h_n.append(h)
         c_n.append(c)
         if k < cfg.num_layers - 1 and dropout > 0 and key is not None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlstm._cell import lstm_cell
-from jaxlstm._checks import check_dropout, check_sizes
+from jaxlstm._checks import check_dropout, check_matmul_dtype, check_sizes
 from jaxlstm._lstm import State, lstm
 from jaxlstm._packed import PackedSequence
 from jaxlstm._params import (
@@ -91,6 +91,7 @@ class _LSTMOptions(NamedTuple):
     dropout: float
     bidirectional: bool
     proj_size: int
+    matmul_dtype: Any
 
 
 @jax.tree_util.register_pytree_node_class
@@ -110,6 +111,8 @@ class LSTM(_Module):
         key: a ``jax.random`` key for the initial weights; ``None`` uses
             ``jax.random.key(DEFAULT_KEY)`` (``0``).
         dtype: dtype of the weights.
+        matmul_dtype: opt-in reduced-precision matmuls, e.g. ``jnp.bfloat16`` (see
+            :func:`~jaxlstm.lstm`); ``None`` computes PyTorch's numbers.
 
     Attributes:
         params: ``params[layer][direction]`` of :class:`~jaxlstm.LayerParams`, the only
@@ -135,6 +138,7 @@ class LSTM(_Module):
         *,
         key: Array | None = None,
         dtype: Any = jnp.float32,
+        matmul_dtype: Any = None,
     ):
         check_sizes(
             input_size=input_size,
@@ -142,6 +146,8 @@ class LSTM(_Module):
             num_layers=num_layers,
             proj_size=proj_size,
         )
+        if matmul_dtype is not None:
+            matmul_dtype = check_matmul_dtype(matmul_dtype)
         dropout = check_dropout(dropout, num_layers)
         self._static = _LSTMOptions(
             input_size,
@@ -152,6 +158,7 @@ class LSTM(_Module):
             dropout,
             bool(bidirectional),
             proj_size,
+            matmul_dtype,
         )
         self.params: Params = init_params(
             _key(key),
@@ -193,13 +200,14 @@ class LSTM(_Module):
             batch_first=o.batch_first,
             dropout=o.dropout if key is not None else 0.0,
             key=key,
+            matmul_dtype=o.matmul_dtype,
         )
 
     def _repr_fields(self):
         o = self._static
-        defaults = _LSTMOptions(0, 0, 1, True, False, 0.0, False, 0)
+        defaults = _LSTMOptions(0, 0, 1, True, False, 0.0, False, 0, None)
         yield f"{o.input_size}, {o.hidden_size}"
-        for name in ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"):
+        for name in _LSTMOptions._fields[2:]:
             if getattr(o, name) != getattr(defaults, name):
                 yield f"{name}={getattr(o, name)}"
 

@@ -33,11 +33,14 @@ Speed:
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm._cell import activations, input_gates, update, update_vjp
+from jaxlstm._cell import input_gates, matmul, step, update_vjp
 from jaxlstm._params import LayerParams
 
 Array = jax.Array
@@ -56,6 +59,7 @@ def scan_layer(
     h0: Array,
     c0: Array,
     lengths: Array | None,
+    matmul_dtype: Any = None,
 ) -> tuple[Array, Array, Array]:
     """Runs one layer, every direction, over a time-major sequence.
 
@@ -65,20 +69,24 @@ def scan_layer(
         h0: ``(D, N, H_out)``.
         c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None`` for full length.
+        matmul_dtype: dtype of every matmul's operands (accumulation, state and gates
+            stay in ``x``'s dtype); ``None`` for ``x``'s dtype.
 
     Returns:
         ``(y, h_n, c_n)``: ``y (L, N, D*H_out)`` (direction outputs concatenated on the
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
     seq_len, batch, _ = x.shape
-    xg = jnp.stack([input_gates(x, p.w_ih, p.b_ih, p.b_hh) for p in layer], 1)  # (L, D, N, 4H)
+    xg = jnp.stack(
+        [input_gates(x, p.w_ih, p.b_ih, p.b_hh, matmul_dtype) for p in layer], 1
+    )  # (L, D, N, 4H)
     w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H_out, 4H)
     w_hr_t = None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer])  # (D,H,P)
     valid = None
     if lengths is not None:
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
         valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, len(layer), batch)))
-    ys, h_n, c_n = _recurrence(_flip_reverse(xg), w_hh_t, w_hr_t, h0, c0, valid)
+    ys, h_n, c_n = _recurrence(_flip_reverse(xg), w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype)
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
     y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, -1)  # (L, N, D*H_out)
     return y, h_n, c_n
@@ -110,7 +118,7 @@ def _scan(body, init, xs, *, reverse: bool = False):
     return carry, out
 
 
-def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
+def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     """The forward loop in scan order.
 
     Args:
@@ -119,20 +127,19 @@ def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
         w_hr_t: ``(D, H, P)`` or ``None``.
         h0, c0: ``(D, N, H_out)``, ``(D, N, H)``.
         valid: ``(L, D, N)`` bool in scan order, or ``None`` (all valid).
+        matmul_dtype: dtype of the matmuls' operands, or ``None``.
         save: also return the residuals of the backward pass.
 
     Returns:
         ``(ys (L, D, N, H_out), h_n, c_n)``, plus, with ``save``, the activated gates
         ``(L, D, N, 4H)`` and the cell-state carries ``(L, D, N, H)``.
     """
+    w_hh_t, w_hr_t = _cast((w_hh_t, w_hr_t), matmul_dtype)
 
     def body(carry, inputs):
         h, c = carry
         xg_t, valid_t = inputs  # (D, N, 4H), (D, N) or None
-        act = activations(xg_t + h @ w_hh_t)  # (D, N, H_out) @ (D, H_out, 4H)
-        c_new, h_new = update(act, c)
-        if w_hr_t is not None:
-            h_new = h_new @ w_hr_t  # (D, N, H) @ (D, H, P) -> (D, N, P)
+        h_new, c_new, act = step(xg_t, h, c, w_hh_t, w_hr_t)  # (D, N, H_out), (D, N, H)
         y = h_new
         if valid_t is not None:
             keep = valid_t[..., None]  # (D, N, 1)
@@ -144,18 +151,18 @@ def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, *, save: bool):
     return (*out, h_n, c_n) if save else (out, h_n, c_n)
 
 
-@jax.custom_vjp
-def _recurrence(xg, w_hh_t, w_hr_t, h0, c0, valid):
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _recurrence(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
 
     Returns:
         ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
     """
-    return _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, save=False)
+    return _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=False)
 
 
-def _recurrence_fwd(xg, w_hh_t, w_hr_t, h0, c0, valid):
-    ys, acts, cs, h_n, c_n = _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, save=True)
+def _recurrence_fwd(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
+    ys, acts, cs, h_n, c_n = _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
     return (ys, h_n, c_n), (ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid)
 
 
@@ -164,7 +171,20 @@ def _shift(seq: Array, first: Array) -> Array:
     return jnp.concatenate([first[None], seq[:-1]])
 
 
-def _recurrence_bwd(residuals, cotangents):
+def _cast(arrays, dtype):
+    """``arrays`` (``None`` entries kept) cast to ``dtype``; unchanged when it is ``None``."""
+    if dtype is None:
+        return arrays
+    return tuple(None if a is None else a.astype(dtype) for a in arrays)
+
+
+def _weight_grad(spec: str, a: Array, b: Array, matmul_dtype) -> Array:
+    """``einsum(spec, a, b)`` over all steps, in ``matmul_dtype``, accumulated in ``a``'s dtype."""
+    (a_, b_) = _cast((a, b), matmul_dtype)
+    return jnp.einsum(spec, a_, b_, preferred_element_type=a.dtype)
+
+
+def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid = residuals
     d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
     c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
@@ -173,6 +193,7 @@ def _recurrence_bwd(residuals, cotangents):
         h_prev = jnp.where(_shift(valid, jnp.zeros_like(valid[0]))[..., None], h_prev, h0)
     w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
     w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
+    w_hh, w_hr = _cast((w_hh, w_hr), matmul_dtype)
 
     def body(carry, inputs):
         dh, dc = carry  # (D, N, H_out), (D, N, H)
@@ -184,19 +205,20 @@ def _recurrence_bwd(residuals, cotangents):
             dc_new, dc = jnp.where(keep, dc, 0), jnp.where(keep, 0, dc)
         else:
             dh, dc_new, dc = 0, dc, 0
-        dr = dh_new if w_hr is None else dh_new @ w_hr  # (D, N, P) @ (D, P, H) -> (D, N, H)
+        dr = dh_new if w_hr is None else matmul(dh_new, w_hr)  # (D,N,P) @ (D,P,H) -> (D,N,H)
         dgates, dc_prev = update_vjp(act, c_before, c, dr, dc_new)
-        dh_prev = dgates @ w_hh  # (D, N, 4H) @ (D, 4H, H_out) -> (D, N, H_out)
+        dh_prev = matmul(dgates, w_hh)  # (D, N, 4H) @ (D, 4H, H_out) -> (D, N, H_out)
         return (dh + dh_prev, dc + dc_prev), (dgates if w_hr is None else (dgates, dh_new))
 
     inputs = (d_ys, acts, cs, c_prev, valid)
     (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
     dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
-    d_w_hh_t = jnp.einsum("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
+    d_w_hh_t = _weight_grad("ldnh,ldng->dhg", h_prev, dgates, matmul_dtype)  # (D, H_out, 4H)
     d_w_hr_t = None
     if w_hr is not None:
         o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
-        d_w_hr_t = jnp.einsum("ldnh,ldnp->dhp", o * jnp.tanh(cs), out[1])  # (D, H, P)
+        r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
+        d_w_hr_t = _weight_grad("ldnh,ldnp->dhp", r, out[1], matmul_dtype)  # (D, H, P)
     return dgates, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 
 
