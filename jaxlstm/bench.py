@@ -11,7 +11,8 @@ What it does, per configuration (:data:`CONFIGS`, or a custom ``T:N:I:H`` spec):
    stops with :class:`OutputMismatchError` when one differs beyond :data:`TOLERANCE`:
    a peer that computes something else is never timed.
 3. Compiles the JAX systems ahead of time (``jax.jit(f).lower(...).compile()``, timed
-   and reported on its own), warms every system up, then times the repetitions round
+   and reported on its own). Every system has run each pass once before it is timed
+   (the check, or a warm-up call for a bfloat16 build); the repetitions then go round
    robin over systems and passes, so that machine noise hits all of them alike.
 
 Two passes are timed: ``forward`` (the output) and ``forward+backward`` (the gradient
@@ -55,9 +56,8 @@ TOLERANCE = 1e-4
 """Largest float32 difference from jaxlstm accepted, relative to ``max(1, max|jaxlstm|)``."""
 
 _BACKWARD_FLOP_FACTOR = {"forward": 1, "forward+backward": 3}
-_QUICK_CONFIGS = ("small", "typical")
+_QUICK_CONFIGS = ("typical",)
 _QUICK_REPS = 3
-_WARMUP = 1
 _PEAK_SIZE = {False: 2048, True: 1024}  # by --quick
 _PEAK_REPS = 5
 _SEED = 0
@@ -78,7 +78,8 @@ class Config:
         hidden_size: ``H``.
         num_layers: stacked layers.
         bidirectional: whether each layer also runs in reverse (``D = 2``).
-        varlen: whether sequences have their own lengths, drawn in ``[T // 10, T]``.
+        varlen: whether sequences have their own lengths, drawn in ``[T // 10, T]``
+            (at least 1) with a fixed seed.
         reps: default timed repetitions (``--reps`` overrides), sized so that the
             default suite takes about two minutes on two CPU cores.
     """
@@ -112,7 +113,7 @@ class Config:
         if self.bidirectional:
             words.append("bidir")
         if self.varlen:
-            words.append(f"lengths {max(1, self.seq_len // 10)}..{self.seq_len}")
+            words.append(f"lengths {self._min_length}..{self.seq_len}")
         return " ".join(words)
 
     def lengths(self) -> np.ndarray | None:
@@ -120,8 +121,11 @@ class Config:
         if not self.varlen:
             return None
         rng = np.random.default_rng(_SEED)
-        low = max(1, self.seq_len // 10)
-        return rng.integers(low, self.seq_len + 1, self.batch).astype(np.int32)
+        return rng.integers(self._min_length, self.seq_len + 1, self.batch).astype(np.int32)
+
+    @property
+    def _min_length(self) -> int:
+        return max(1, self.seq_len // 10)
 
     def flops(self, pass_name: str) -> float:
         """Matmul FLOPs of one ``pass_name`` (see the module docstring for the count)."""
@@ -142,8 +146,8 @@ CONFIGS: dict[str, Config] = {
         Config("small", 50, 1, 32, 64, reps=20),
         Config("long", 1000, 8, 64, 128, reps=5),
         Config("big", 200, 64, 512, 512, reps=3),
-        Config("bidir2", 100, 32, 128, 256, num_layers=2, bidirectional=True, reps=5),
-        Config("varlen", 100, 32, 128, 256, varlen=True, reps=10),
+        Config("bidir2", 100, 32, 128, 256, num_layers=2, bidirectional=True, reps=3),
+        Config("varlen", 100, 32, 128, 256, varlen=True, reps=5),
     )
 }
 """The named configurations, in the default suite's order."""
@@ -250,13 +254,16 @@ class Peer:
         """None when :attr:`module` imports, else why not."""
         try:
             importlib.import_module(self.module)
-        except ImportError as error:
+        except Exception as error:  # not installed, or broken by its dependencies
             return f"{type(error).__name__}: {error}"
         return None
 
     def version(self) -> str:
-        """The installed version of :attr:`dist`."""
-        return importlib.metadata.version(self.dist)
+        """The installed version of :attr:`dist` (else the module's ``__version__``)."""
+        try:
+            return importlib.metadata.version(self.dist)
+        except importlib.metadata.PackageNotFoundError:  # e.g. run from a source tree
+            return getattr(importlib.import_module(self.module), "__version__", "unknown")
 
 
 def _jax_runner(fn: Callable[..., jax.Array], params: Any, problem: Problem) -> Runner:
@@ -344,8 +351,6 @@ def _build_torch(config: Config, problem: Problem) -> Runner:
 def _build_flax(config: Config, problem: Problem) -> Runner:
     import flax.linen as nn
 
-    hidden = config.hidden_size
-
     class FlaxLSTM(nn.Module):
         """``nn.RNN`` over ``nn.OptimizedLSTMCell`` per layer, ``nn.Bidirectional`` for D=2."""
 
@@ -355,7 +360,9 @@ def _build_flax(config: Config, problem: Problem) -> Runner:
                 rnns = [
                     nn.RNN(
                         nn.OptimizedLSTMCell(
-                            hidden, param_dtype=problem.dtype, name=f"layer{layer}_dir{d}"
+                            config.hidden_size,
+                            param_dtype=problem.dtype,
+                            name=f"layer{layer}_dir{d}",
                         ),
                         time_major=True,
                     )
@@ -547,31 +554,31 @@ class OutputMismatchError(RuntimeError):
     """A peer's output or input gradient differs from jaxlstm's beyond :data:`TOLERANCE`."""
 
 
-def _numpy(a: Any) -> np.ndarray:
-    """float32 numpy copy of a JAX array or torch tensor."""
-    if hasattr(a, "detach"):
-        a = a.detach().numpy()
-    return np.asarray(a, np.float32)
+def results(runner: Runner) -> tuple[np.ndarray, np.ndarray]:
+    """Runs both passes once: the output and the input gradient, as float32 numpy."""
+
+    def numpy(a: Any) -> np.ndarray:
+        return np.asarray(a.detach().numpy() if hasattr(a, "detach") else a, np.float32)
+
+    return numpy(runner.forward()), numpy(runner.forward_backward())
 
 
-def check_outputs(peer: str, config: Config, got: Runner, want: Runner) -> None:
+def check_outputs(
+    peer: str, config: Config, got: Runner, want: tuple[np.ndarray, np.ndarray]
+) -> None:
     """Checks a peer's output and input gradient against jaxlstm's.
 
     Args:
         peer: the peer's name, for the message.
         config: the configuration, for the message.
         got: the peer, built in float32.
-        want: jaxlstm, built in float32 on the same weights and input.
+        want: jaxlstm's :func:`results` in float32 on the same weights and input.
 
     Raises:
         OutputMismatchError: on a shape mismatch, or a difference above
             ``TOLERANCE * max(1, max|jaxlstm|)``.
     """
-    for what, g, w in (
-        ("output", got.forward(), want.forward()),
-        ("input gradient", got.forward_backward(), want.forward_backward()),
-    ):
-        g, w = _numpy(g), _numpy(w)
+    for what, g, w in zip(("output", "input gradient"), results(got), want, strict=True):
         if g.shape != w.shape:
             raise OutputMismatchError(
                 f"{peer} disagrees with jaxlstm on config {config.name!r} ({config.shape}): "
@@ -644,7 +651,7 @@ def matmul_peaks(
 
         t = torch.ones(size, size)
         thunks["torch"] = lambda: torch.mm(t, t)
-    times = time_round_robin(thunks, reps=_PEAK_REPS, warmup=_WARMUP, progress=progress)
+    times = time_round_robin(thunks, reps=_PEAK_REPS, warmup=1, progress=progress)
     return {k: 2 * size**3 / (float(np.min(ms)) * 1e-3) / 1e9 for k, ms in times.items()}
 
 
@@ -769,8 +776,8 @@ def run_suite(
     jax_dtype = jnp.dtype(dtype)
     frameworks = {p.framework for p in peers}
     plan = [(c, [p for p in peers if p.unsupported(c) is None]) for c in configs]
-    total = len(frameworks) * (_WARMUP + _PEAK_REPS) + sum(
-        len(ps) * (1 + len(PASSES) * (_WARMUP + (reps or c.reps))) for c, ps in plan
+    total = len(frameworks) * (1 + _PEAK_REPS) + sum(
+        len(ps) * (1 + len(PASSES) * (reps or c.reps)) for c, ps in plan
     )
     progress = _progress_bar(total)
     try:
@@ -806,17 +813,19 @@ def _run_config(
         (config.seq_len, config.batch, config.input_size), np.float32
     )
     f32 = Problem(params, x, config.lengths(), jnp.dtype(jnp.float32))
-    checked: dict[str, Runner] = {}  # float32 builds, checked against jaxlstm's
-    runners: dict[str, Runner] = {}  # the builds to time
+    # Every runner has run each pass once before it is timed: the check, or a warm-up.
+    runners: dict[str, Runner] = {}
     for peer in supported:
         progress.set_description(f"{config.name}: {peer.name} check+compile")
-        checked[peer.name] = peer.build(config, f32)
-        if peer.name != "jaxlstm":
-            check_outputs(peer.name, config, checked[peer.name], checked["jaxlstm"])
-        if peer.framework == "torch" or jax_dtype == jnp.float32:
-            runners[peer.name] = checked[peer.name]
+        runner = peer.build(config, f32)
+        if peer.name == "jaxlstm":
+            want = results(runner)
         else:
-            runners[peer.name] = peer.build(config, f32._replace(dtype=jax_dtype))
+            check_outputs(peer.name, config, runner, want)
+        if peer.framework == "jax" and jax_dtype != jnp.float32:
+            runner = peer.build(config, f32._replace(dtype=jax_dtype))
+            results(runner)
+        runners[peer.name] = runner
         progress.update()
 
     progress.set_description(f"{config.name}: timing")
@@ -825,7 +834,7 @@ def _run_config(
         for name, runner in runners.items()
         for pass_name in PASSES
     }
-    times = time_round_robin(thunks, reps=reps or config.reps, warmup=_WARMUP, progress=progress)
+    times = time_round_robin(thunks, reps=reps or config.reps, warmup=0, progress=progress)
 
     rows = []
     for pass_name in PASSES:
@@ -937,7 +946,7 @@ def format_report(
             f"dtype {dtype}: jaxlstm and the JAX peers compute in {dtype}; PyTorch stays "
             "float32 as the reference. Outputs were checked in float32."
         )
-    notes = dict.fromkeys(f"{r.system} on {r.config}: {r.note}" for r in rows if r.note)
+    notes = dict.fromkeys(f"{r.system} on {r.config} is {r.note}" for r in rows if r.note)
     lines += [*notes, *skipped]
     return "\n".join(lines)
 
@@ -1012,7 +1021,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run of about 20 s: configs {','.join(_QUICK_CONFIGS)}, "
+        help=f"a smoke run of about 20 s: {','.join(_QUICK_CONFIGS)} only (unless --configs), "
         f"{_QUICK_REPS} repetitions, a smaller matmul peak",
     )
     parser.add_argument(
