@@ -87,8 +87,8 @@ def pack_padded_sequence(
         if enforce_sorted and np.any(np.diff(values) > 0):
             raise ValueError(
                 "`lengths` array must be sorted in decreasing order when `enforce_sorted` "
-                "is True. You can pass `enforce_sorted=False` to pack_sequence and/or "
-                "pack_padded_sequence to sort sequences internally."
+                "is True. You can pass `enforce_sorted=False` to pack_padded_sequence and/or "
+                "pack_sequence to sidestep this requirement."
             )
         x = x[: values.max(initial=0)]  # (max(lengths), N, *), as PyTorch's packed view
     return PackedSequence(_where_valid(x, lengths, 0), lengths, enforce_sorted=enforce_sorted)
