@@ -38,23 +38,21 @@ def matmul(a: Array, w: Array) -> Array:
     return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=a.dtype)
 
 
-def input_gates(
-    x: Array, w_ih: Array, b_ih: Array | None, b_hh: Array | None, matmul_dtype: Any = None
-) -> Array:
-    """The state-independent part of the gates: ``x @ w_ih.T + b_ih + b_hh``.
+def input_gates(x: Array, w_ih: Array, b: Array | None, matmul_dtype: Any = None) -> Array:
+    """The state-independent part of the gates: ``x @ w_ih.T + b``.
 
     Args:
         x: ``(..., H_in)``.
         w_ih: ``(4H, H_in)``.
-        b_ih, b_hh: ``(4H,)`` or ``None``.
+        b: ``(4H,)``, ``b_ih + b_hh``, or ``None`` (no bias).
         matmul_dtype: dtype of the matmul's operands (``None``: ``x``'s dtype).
 
     Returns:
         ``(..., 4H)`` in ``x``'s dtype.
     """
     xg = matmul(x, w_ih.T.astype(matmul_dtype or x.dtype))  # (..., H_in) @ (H_in, 4H)
-    if b_ih is not None:
-        xg = xg + (b_ih + b_hh)
+    if b is not None:
+        xg = xg + b
     return xg
 
 
@@ -179,7 +177,7 @@ def lstm_cell(
         h, c = _check_cell_hx(hx, lead, hidden)
     dtype = jnp.result_type(input, h, c, *(a for a in params[:4] if a is not None))
     w_ih, w_hh, b_ih, b_hh = (None if a is None else a.astype(dtype) for a in params[:4])
-    xg = input_gates(input.astype(dtype), w_ih, b_ih, b_hh)
+    xg = input_gates(input.astype(dtype), w_ih, None if b_ih is None else b_ih + b_hh)
     h, c, _ = step(xg, h.astype(dtype), c.astype(dtype), w_hh.T, None)
     return h, c
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxlstm._checks import (
     check_dropout,
     check_floating,
+    check_int,
     check_lengths,
     check_matmul_dtype,
     check_static,
@@ -37,6 +38,7 @@ def lstm(
     dropout: float = 0.0,
     key: Array | None = None,
     matmul_dtype: Any = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[Array | PackedSequence, State]:
     """Runs a (multi-layer, optionally bidirectional) LSTM over a batch of sequences.
 
@@ -68,6 +70,10 @@ def lstm(
             of every matmul (forward and backward) are cast to it, while accumulation,
             the cell state, the gates and the results stay in the result dtype. ``None``
             (default) computes everything in the result dtype, PyTorch's numbers.
+        checkpoint_every: bounded-memory gradients: keep the state only every ``k``
+            steps and recompute each chunk of ``k`` steps during the backward pass
+            (results equal; the gradient's temporary memory shrinks roughly by ``L/k``
+            at the cost of one more forward pass). ``None`` (default) keeps everything.
 
     Returns:
         ``(output, (h_n, c_n))``: ``output`` in the form of ``input`` with feature size
@@ -83,6 +89,9 @@ def lstm(
     """
     cfg = config_of(params)
     check_static("batch_first", batch_first)
+    if checkpoint_every is not None:
+        check_static("checkpoint_every", checkpoint_every)
+        check_int("checkpoint_every", checkpoint_every, minimum=1)
     dropout = check_dropout(dropout, cfg.num_layers)
     x, lengths, unbatched = _time_major(input, lengths, batch_first, cfg)
     seq_len, batch, _ = x.shape
@@ -99,7 +108,9 @@ def lstm(
     for k, layer in enumerate(params):
         layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
         slots = slice(k * num_dirs, (k + 1) * num_dirs)
-        x, h, c = scan_layer(layer, x, h0[slots], c0[slots], lengths, matmul_dtype)
+        x, h, c = scan_layer(
+            layer, x, h0[slots], c0[slots], lengths, matmul_dtype, checkpoint_every
+        )
         h_n.append(h)
         c_n.append(c)
         if k < cfg.num_layers - 1 and dropout > 0 and key is not None:

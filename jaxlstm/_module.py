@@ -178,6 +178,7 @@ class LSTM(_Module):
         *,
         lengths: Array | None = None,
         key: Array | None = None,
+        checkpoint_every: int | None = None,
     ) -> tuple[Array | PackedSequence, State]:
         """Runs :func:`~jaxlstm.lstm` with this module's parameters and options.
 
@@ -187,6 +188,7 @@ class LSTM(_Module):
             hx: optional ``(h_0 (D*num_layers, N, H_out), c_0 (D*num_layers, N, H))``.
             lengths: optional ``(N,)`` valid lengths (see :func:`~jaxlstm.lstm`).
             key: dropout key; ``None`` means no dropout (PyTorch's ``eval()``).
+            checkpoint_every: bounded-memory gradients (see :func:`~jaxlstm.lstm`).
 
         Returns:
             ``(output, (h_n, c_n))`` as :func:`~jaxlstm.lstm`.
@@ -201,6 +203,7 @@ class LSTM(_Module):
             dropout=o.dropout if key is not None else 0.0,
             key=key,
             matmul_dtype=o.matmul_dtype,
+            checkpoint_every=checkpoint_every,
         )
 
     def _repr_fields(self):

@@ -34,7 +34,7 @@ Speed:
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,7 @@ def scan_layer(
     c0: Array,
     lengths: Array | None,
     matmul_dtype: Any = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[Array, Array, Array]:
     """Runs one layer, every direction, over a time-major sequence.
 
@@ -71,25 +72,95 @@ def scan_layer(
         lengths: ``(N,)`` integer valid lengths, or ``None`` for full length.
         matmul_dtype: dtype of every matmul's operands (accumulation, state and gates
             stay in ``x``'s dtype); ``None`` for ``x``'s dtype.
+        checkpoint_every: ``k`` to keep only every ``k``-th state for the backward pass
+            and recompute each chunk of ``k`` steps (input projection included) when it
+            is needed; ``None`` keeps every step's residuals.
 
     Returns:
         ``(y, h_n, c_n)``: ``y (L, N, D*H_out)`` (direction outputs concatenated on the
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
     seq_len, batch, _ = x.shape
-    xg = jnp.stack(
-        [input_gates(x, p.w_ih, p.b_ih, p.b_hh, matmul_dtype) for p in layer], 1
-    )  # (L, D, N, 4H)
-    w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H_out, 4H)
-    w_hr_t = None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer])  # (D,H,P)
+    num_dirs = len(layer)
+    weights = _Weights(
+        w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)
+        b=None if layer[0].b_ih is None else jnp.stack([p.b_ih + p.b_hh for p in layer]),
+        w_hh_t=jnp.stack([p.w_hh.T for p in layer]),  # (D, H_out, 4H)
+        w_hr_t=None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer]),
+    )
+    # Scan order: step t of direction 1 reads time L-1-t.
+    xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
     valid = None
     if lengths is not None:
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
-        valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, len(layer), batch)))
-    ys, h_n, c_n = _recurrence(_flip_reverse(xg), w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype)
+        valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, num_dirs, batch)))
+    chunk = partial(_chunk, matmul_dtype=matmul_dtype)
+    if checkpoint_every is None or checkpoint_every >= seq_len:
+        (h_n, c_n), ys = chunk(weights, (h0, c0), (xs, valid))
+    else:
+        (h_n, c_n), ys = _checkpointed(chunk, weights, (h0, c0), (xs, valid), checkpoint_every)
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
     y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, -1)  # (L, N, D*H_out)
     return y, h_n, c_n
+
+
+class _Weights(NamedTuple):
+    """One layer's weights, stacked over directions."""
+
+    w_ih: Array  # (D, 4H, H_in)
+    b: Array | None  # (D, 4H): b_ih + b_hh
+    w_hh_t: Array  # (D, H_out, 4H)
+    w_hr_t: Array | None  # (D, H, P)
+
+
+def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype):
+    """Steps of one layer in scan order, input projection included.
+
+    Args:
+        weights: the layer's :class:`_Weights`.
+        carry: ``(h (D, N, H_out), c (D, N, H))`` before the first step.
+        inputs: ``(xs (K, D, N, H_in), valid (K, D, N) or None)`` in scan order.
+
+    Returns:
+        ``((h, c), ys (K, D, N, H_out))``.
+    """
+    xs, valid = inputs
+    b = weights.b
+    xg = jnp.stack(
+        [
+            input_gates(xs[:, d], weights.w_ih[d], None if b is None else b[d], matmul_dtype)
+            for d in range(xs.shape[1])
+        ],
+        axis=1,
+    )  # (K, D, N, 4H)
+    ys, h, c = _recurrence(xg, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype)
+    return (h, c), ys
+
+
+def _checkpointed(chunk, weights, carry, inputs, every: int):
+    """``chunk`` over all steps, ``every`` steps at a time, rematerialised in backward.
+
+    Only the carries between chunks are kept for the backward pass; each chunk's
+    residuals (gates, cell states, projected inputs) are recomputed when its gradient is
+    taken, so the gradient's temporary memory scales with ``every`` instead of ``L``.
+    """
+    steps = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    whole = steps - steps % every
+
+    def split(tree, sl, shape):
+        return jax.tree_util.tree_map(lambda a: a[sl].reshape(*shape, *a.shape[1:]), tree)
+
+    remat = jax.checkpoint(chunk)
+
+    def body(c, xs):
+        return remat(weights, c, xs)
+
+    carry, ys = lax.scan(body, carry, split(inputs, slice(0, whole), (whole // every, every)))
+    ys = ys.reshape(whole, *ys.shape[2:])  # (chunks, every, ...) -> (L', ...)
+    if whole < steps:
+        carry, rest = body(carry, jax.tree_util.tree_map(lambda a: a[whole:], inputs))
+        ys = jnp.concatenate([ys, rest])
+    return carry, ys
 
 
 def _scan(body, init, xs, *, reverse: bool = False):
