@@ -183,13 +183,24 @@ def lstm_cell(
 
 
 def _check_cell_hx(hx, lead: tuple[int, ...], hidden: int) -> tuple[Array, Array]:
+    """``(h_0, c_0)``, each of shape ``lead + (H,)``, with PyTorch's messages."""
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-    want = (*lead, hidden)
     out = []
     for i, s in enumerate(hx):
         s = check_floating(f"hx[{i}]", s)
-        if s.shape != want:
-            raise ValueError(f"Expected hx[{i}] size {want}, got {list(s.shape)}")
+        if s.ndim != len(lead) + 1:
+            raise ValueError(
+                f"LSTMCell: Expected hx[{i}] to be {len(lead) + 1}D like the input, "
+                f"got {s.ndim}D instead"
+            )
+        if s.shape[:-1] != lead:
+            raise ValueError(
+                f"Input batch size {lead[0]} doesn't match hidden{i} batch size {s.shape[0]}"
+            )
+        if s.shape[-1] != hidden:
+            raise ValueError(
+                f"hidden{i} has inconsistent hidden_size: got {s.shape[-1]}, expected {hidden}"
+            )
         out.append(s)
     return out[0], out[1]

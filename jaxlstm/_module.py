@@ -210,7 +210,15 @@ class LSTM(_Module):
         o = self._static
         defaults = _LSTMOptions(0, 0, 1, True, False, 0.0, False, 0, None)
         yield f"{o.input_size}, {o.hidden_size}"
-        for name in _LSTMOptions._fields[2:]:
+        for name in (
+            "proj_size",
+            "num_layers",
+            "bias",
+            "batch_first",
+            "dropout",
+            "bidirectional",
+            "matmul_dtype",
+        ):  # PyTorch's order
             if getattr(o, name) != getattr(defaults, name):
                 yield f"{name}={getattr(o, name)}"
 

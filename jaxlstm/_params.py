@@ -112,14 +112,34 @@ def config_of(params: Params) -> Config:
             f"jaxlstm.LayerParams (as made by jaxlstm.init_params), got {_describe(params)}"
         )
     first = params[0][0]
-    return Config(
-        input_size=first.w_ih.shape[1],
+    cfg = Config(
+        input_size=first.w_ih.shape[1] if first.w_ih.ndim == 2 else -1,
         hidden_size=first.w_ih.shape[0] // 4,
         num_layers=len(params),
         num_directions=len(params[0]),
         bias=first.b_ih is not None,
         proj_size=0 if first.w_hr is None else first.w_hr.shape[0],
     )
+    for k, layer in enumerate(params):
+        if len(layer) != cfg.num_directions:
+            raise ValueError(
+                f"params[{k}] must hold {cfg.num_directions} directions like params[0], "
+                f"got {len(layer)}"
+            )
+        expected = _expected_shapes(cfg, k)
+        for d, p in enumerate(layer):
+            for field, value in p._asdict().items():
+                got = None if value is None else tuple(value.shape)
+                if got != expected.get(field):
+                    want = expected.get(field)
+                    raise ValueError(
+                        f"params[{k}][{d}].{field} must be "
+                        f"{'None' if want is None else f'of shape {want}'} for an LSTM with "
+                        f"input_size={cfg.input_size}, hidden_size={cfg.hidden_size}, "
+                        f"proj_size={cfg.proj_size}, bias={cfg.bias}, got "
+                        f"{'None' if got is None else f'shape {got}'}"
+                    )
+    return cfg
 
 
 def _describe(x: Any) -> str:
@@ -231,7 +251,7 @@ _FIELD_TO_TORCH = {
     "b_hh": "bias_hh",
     "w_hr": "weight_hr",
 }
-_LAYER_KEY = re.compile(r"^weight_ih_l(\d+)$")
+_LAYER_KEY = re.compile(r"_l(\d+)(_reverse)?$")
 
 
 def _torch_key(field: str, layer: int | None, direction: int = 0) -> str:
@@ -295,11 +315,13 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> Params | CellParams:
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     if "weight_ih" in arrays:
         return _cell_from_torch(arrays)
-    layers = sorted(int(m.group(1)) for k in arrays if (m := _LAYER_KEY.match(k)))
-    if not layers or "weight_hh_l0" not in arrays:
+    layers = sorted(int(m.group(1)) for k in arrays if (m := _LAYER_KEY.search(k)))
+    missing = [k for k in ("weight_ih_l0", "weight_hh_l0") if k not in arrays]
+    if not layers or missing:
         raise ValueError(
-            "state_dict is not a torch.nn.LSTM or torch.nn.LSTMCell state dict: missing key "
-            f"'weight_ih_l0' (or 'weight_ih'); got keys {sorted(arrays)}"
+            "Error(s) in loading state_dict: not a torch.nn.LSTM (or LSTMCell) state dict: "
+            f"Missing key(s) in state_dict: {', '.join(map(repr, missing or ['weight_ih']))}; "
+            f"got keys {sorted(arrays)}"
         )
     w_ih, w_hh = arrays["weight_ih_l0"], arrays["weight_hh_l0"]
     if w_ih.ndim != 2 or w_hh.ndim != 2 or w_ih.shape[0] % 4:
@@ -313,7 +335,7 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> Params | CellParams:
         input_size=w_ih.shape[1],
         hidden_size=w_ih.shape[0] // 4,
         num_layers=max(layers) + 1,
-        num_directions=2 if "weight_ih_l0_reverse" in arrays else 1,
+        num_directions=2 if any(k.endswith("_reverse") for k in arrays) else 1,
         bias="bias_ih_l0" in arrays,
         proj_size=0 if proj is None or proj.ndim != 2 else proj.shape[0],
     )
