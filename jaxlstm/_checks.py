@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def concrete(x: Any) -> np.ndarray | None:
@@ -127,8 +128,10 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
         max_len: ``L``, the padded length; concrete lengths must lie in ``[0, L]``.
         name: the argument's name in messages.
 
-    Traced lengths are not range-checked: under ``jax.jit`` a length above ``L`` acts
-    as ``L`` and a negative one as ``0``.
+    Traced lengths (under ``jax.jit``) cannot be checked when traced: a length above
+    ``L`` then acts as ``L`` and a negative one as ``0``. Run under
+    ``jax.experimental.checkify.checkify`` to have out-of-range traced lengths reported
+    (a ``checkify.debug_check``, free when not checkified).
     """
     if isinstance(lengths, (list, tuple)):
         lengths = np.asarray(lengths)
@@ -147,7 +150,13 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
     is_int = jnp.issubdtype(lengths.dtype, jnp.integer)
     if not is_int and not (jnp.issubdtype(lengths.dtype, jnp.floating) and values is not None):
         raise TypeError(f"{name} must be an integer array, got dtype {lengths.dtype}")
-    if values is not None:
+    if values is None:
+        checkify.debug_check(
+            jnp.all((lengths >= 0) & (lengths <= max_len)),
+            f"{name} must lie in [0, {max_len}] (the padded sequence length), got {{lengths}}",
+            lengths=lengths,
+        )
+    else:
         if not is_int and not np.all(values == np.round(values)):
             raise TypeError(f"{name} must hold whole numbers, got {values.tolist()}")
         if values.size and (values.min() < 0 or values.max() > max_len):
