@@ -249,12 +249,6 @@ def _cast(arrays, dtype):
     return tuple(None if a is None else a.astype(dtype) for a in arrays)
 
 
-def _weight_grad(spec: str, a: Array, b: Array, matmul_dtype) -> Array:
-    """``einsum(spec, a, b)`` over all steps, in ``matmul_dtype``, accumulated in ``a``'s dtype."""
-    (a_, b_) = _cast((a, b), matmul_dtype)
-    return jnp.einsum(spec, a_, b_, preferred_element_type=a.dtype)
-
-
 def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid = residuals
     d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
@@ -284,12 +278,14 @@ def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     inputs = (d_ys, acts, cs, c_prev, valid)
     (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
     dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
-    d_w_hh_t = _weight_grad("ldnh,ldng->dhg", h_prev, dgates, matmul_dtype)  # (D, H_out, 4H)
+    # Weight gradients: one matmul over all L*N rows each, in the state dtype even in
+    # matmul_dtype mode (exact accumulation; XLA:CPU has no bf16 x bf16 -> f32 plain dot).
+    d_w_hh_t = jnp.einsum("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
     d_w_hr_t = None
     if w_hr is not None:
         o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
         r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
-        d_w_hr_t = _weight_grad("ldnh,ldnp->dhp", r, out[1], matmul_dtype)  # (D, H, P)
+        d_w_hr_t = jnp.einsum("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
     return dgates, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 
 
