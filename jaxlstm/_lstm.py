@@ -7,6 +7,7 @@ is :func:`jaxlstm._scan.scan_layer`; one step is :mod:`jaxlstm._cell`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -94,16 +95,49 @@ def lstm(
         check_int("checkpoint_every", checkpoint_every, minimum=1)
     dropout = check_dropout(dropout, cfg.num_layers)
     x, lengths, unbatched = _time_major(input, lengths, batch_first, cfg)
-    seq_len, batch, _ = x.shape
-    h0, c0 = _initial_state(hx, cfg, batch, unbatched, x.dtype)
+    h0, c0 = _initial_state(hx, cfg, x.shape[1], unbatched, x.dtype)
+    dtype = jnp.result_type(x, h0, c0, *jax.tree_util.tree_leaves(params))
+    x, (h_n, c_n) = _layers(
+        params,
+        x,
+        h0,
+        c0,
+        lengths,
+        key,
+        dropout=dropout if key is not None else 0.0,
+        matmul_dtype=check_matmul_dtype(matmul_dtype, dtype),
+        checkpoint_every=checkpoint_every,
+    )
+    if isinstance(input, PackedSequence):
+        return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
+    if unbatched:
+        return x[:, 0], (h_n[:, 0], c_n[:, 0])  # (L, D*H_out), (D*num_layers, H_out / H)
+    if batch_first:
+        x = jnp.swapaxes(x, 0, 1)  # (L, N, D*H_out) -> (N, L, D*H_out)
+    return x, (h_n, c_n)
+
+
+@partial(jax.jit, static_argnames=("dropout", "matmul_dtype", "checkpoint_every"))
+def _layers(params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every):
+    """The layers over checked, time-major arrays (jitted: eager calls compile once).
+
+    Args:
+        params: ``params[layer][direction]``.
+        x: ``(L, N, H_in)``.
+        h0, c0: ``(D*num_layers, N, H_out)``, ``(D*num_layers, N, H)``.
+        lengths: ``(N,)`` or ``None``.
+        key: dropout key or ``None``.
+        dropout, matmul_dtype, checkpoint_every: as :func:`lstm` (static).
+
+    Returns:
+        ``(y (L, N, D*H_out), (h_n, c_n))`` in the common floating dtype.
+    """
     dtype = jnp.result_type(x, h0, c0, *jax.tree_util.tree_leaves(params))
     x, h0, c0 = x.astype(dtype), h0.astype(dtype), c0.astype(dtype)
-    matmul_dtype = check_matmul_dtype(matmul_dtype, dtype)
     if lengths is not None:
-        valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
+        valid = jnp.arange(x.shape[0])[:, None] < lengths[None, :]  # (L, N)
         x = jnp.where(valid[..., None], x, 0)  # padding is never read, nor differentiated
-
-    num_dirs = cfg.num_directions
+    num_dirs = len(params[0])
     h_n, c_n = [], []
     for k, layer in enumerate(params):
         layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
@@ -113,17 +147,9 @@ def lstm(
         )
         h_n.append(h)
         c_n.append(c)
-        if k < cfg.num_layers - 1 and dropout > 0 and key is not None:
+        if k < len(params) - 1 and dropout > 0:
             x = _dropout(x, dropout, jax.random.fold_in(key, k))
-    h_n, c_n = jnp.concatenate(h_n), jnp.concatenate(c_n)  # (D*num_layers, N, H_out / H)
-
-    if isinstance(input, PackedSequence):
-        return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
-    if unbatched:
-        return x[:, 0], (h_n[:, 0], c_n[:, 0])  # (L, D*H_out), (D*num_layers, H_out / H)
-    if batch_first:
-        x = jnp.swapaxes(x, 0, 1)  # (L, N, D*H_out) -> (N, L, D*H_out)
-    return x, (h_n, c_n)
+    return x, (jnp.concatenate(h_n), jnp.concatenate(c_n))  # (D*num_layers, N, H_out / H)
 
 
 def _time_major(

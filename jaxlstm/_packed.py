@@ -37,15 +37,9 @@ class PackedSequence:
         enforce_sorted: static; ``True`` when packed with ``enforce_sorted=True``
             (lengths already in decreasing order; PyTorch then has no ``sorted_indices``).
 
-    PyTorch's view (needs concrete lengths, i.e. not under ``jit``, for ``.data`` and
-    ``.batch_sizes``, whose shapes depend on the lengths' values):
-        data: ``(sum(lengths), *)``, the valid rows, step by step, each step's rows in
-            decreasing length order (ties in the caller's order).
-        batch_sizes: ``(max(lengths),)``, the number of sequences longer than each step.
-        sorted_indices: ``(N,)``, the batch order by decreasing length, or ``None``
-            when ``enforce_sorted``.
-        unsorted_indices: ``(N,)``, the inverse permutation, or ``None`` when
-            ``enforce_sorted``.
+    PyTorch's view is computed from these: :attr:`data`, :attr:`batch_sizes`,
+    :attr:`sorted_indices`, :attr:`unsorted_indices`. The first two have shapes that
+    depend on the lengths' values, so they need concrete lengths (not under ``jit``).
     """
 
     def __init__(self, padded: Array, lengths: Array, *, enforce_sorted: bool = False):
@@ -79,24 +73,30 @@ class PackedSequence:
 
     @property
     def sorted_indices(self) -> Array | None:
+        """``(N,)``: the batch order by decreasing length (stable), or ``None`` when
+        ``enforce_sorted``, as PyTorch."""
         if self.enforce_sorted:
             return None
         return jnp.argsort(-jnp.asarray(self.lengths), stable=True)
 
     @property
     def unsorted_indices(self) -> Array | None:
+        """``(N,)``: the inverse permutation of :attr:`sorted_indices`, or ``None``."""
         if self.enforce_sorted:
             return None
         return jnp.argsort(self.sorted_indices)
 
     @property
     def batch_sizes(self) -> Array:
+        """``(max(lengths),)``: how many sequences are longer than each step."""
         lengths = self._concrete_lengths("batch_sizes")
         steps = np.arange(lengths.max(initial=0))
         return jnp.asarray((lengths[None, :] > steps[:, None]).sum(axis=1))
 
     @property
     def data(self) -> Array:
+        """``(sum(lengths), *)``: the valid rows step by step, each step's rows in
+        decreasing length order (ties in the caller's order), as PyTorch packs them."""
         lengths = self._concrete_lengths("data")
         order = np.argsort(-lengths, kind="stable")
         steps = np.arange(self.padded.shape[0])
