@@ -28,7 +28,7 @@ def test_bfloat16_matmuls_close_to_float64(config, with_lengths):
     with jax.enable_x64(True):
         params64 = jl.init_params(jax.random.key(0), 24, 32, dtype=jnp.float64, **CONFIGS[config])
         x64 = jax.random.normal(jax.random.key(1), (30, 6, 24), jnp.float64)
-        lengths = jnp.array([30, 12, 0, 29, 1, 7]) if with_lengths else None
+        lengths = jnp.array([30, 12, 0, 29, 1, 7], jnp.int32) if with_lengths else None
         grad64 = jax.grad(_loss, has_aux=True)
         g_ref, out_ref = grad64(params64, x64, lengths, None)
         g_ref, out_ref = jax.tree.map(np.asarray, (g_ref, out_ref))
