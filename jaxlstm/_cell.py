@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._checks import check_floating
-from jaxlstm._params import CellParams, LayerParams
+from jaxlstm._params import CellParams, check_cell_params
 
 Array = jax.Array
 
@@ -134,7 +134,7 @@ def step(
 
 
 def lstm_cell(
-    params: CellParams | LayerParams, input: Array, hx: tuple[Array, Array] | None = None
+    params: CellParams, input: Array, hx: tuple[Array, Array] | None = None
 ) -> tuple[Array, Array]:
     """One step of ``torch.nn.LSTMCell``.
 
@@ -156,14 +156,8 @@ def lstm_cell(
         >>> h.shape, c.shape
         ((3, 20), (3, 20))
     """
-    if not isinstance(params, (CellParams, LayerParams)):
-        raise TypeError(
-            "params must be jaxlstm.CellParams (as made by jaxlstm.init_cell_params), got "
-            f"{type(params).__name__}"
-        )
+    input_size, hidden = check_cell_params(params)
     input = check_floating("input", input)
-    four_h, input_size = params.w_ih.shape
-    hidden = four_h // 4
     if input.ndim not in (1, 2):
         raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.ndim}D instead")
     if input.shape[-1] != input_size:

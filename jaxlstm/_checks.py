@@ -92,16 +92,45 @@ def check_dropout(dropout: Any, num_layers: int) -> float:
 
 def check_floating(name: str, x: Any) -> jax.Array:
     """``x`` as a JAX array, which must have a floating dtype (``TypeError`` otherwise)."""
-    try:
-        x = jnp.asarray(x)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from None
+    x = as_array(name, x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
             f"{name} must be a floating-point array (float16, bfloat16, float32, float64), "
             f"got dtype {x.dtype}"
         )
     return x
+
+
+def as_array(name: str, x: Any, convert: Any = jnp.asarray) -> Any:
+    """``convert(x)``, refusing what is not array-like with an error naming ``name``."""
+    try:
+        x = convert(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from None
+    if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    return x
+
+
+def check_number(name: str, value: Any) -> None:
+    """Requires a real number (not a bool, string or ``None``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+
+
+def check_key(key: Any) -> None:
+    """Requires ``None`` or a ``jax.random`` key (typed, or a raw ``uint32 (2,)`` array)."""
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+    if not (typed or raw):
+        raise TypeError(
+            "key must be a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed)) "
+            f"or None, got {type(key).__name__}"
+            + (f" of dtype {dtype} and shape {getattr(key, 'shape', None)}" if dtype else "")
+        )
 
 
 def check_matmul_dtype(matmul_dtype: Any, dtype: Any = None) -> Any:
@@ -133,10 +162,10 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
     ``jax.experimental.checkify.checkify`` to have out-of-range traced lengths reported
     (a ``checkify.debug_check``, free when not checkified).
     """
-    if isinstance(lengths, (list, tuple)):
-        lengths = np.asarray(lengths)
+    if lengths is None:
+        raise TypeError(f"{name} must be an integer array, got None")
     if not hasattr(lengths, "dtype"):
-        lengths = np.asarray(lengths)
+        lengths = as_array(name, lengths, np.asarray)
     want_ndim = 0 if batch is None else 1
     if lengths.ndim != want_ndim:
         shape = "a scalar" if batch is None else f"a 1-D array of shape ({batch},)"
@@ -148,7 +177,8 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
         )
     values = concrete(lengths)
     is_int = jnp.issubdtype(lengths.dtype, jnp.integer)
-    if not is_int and not (jnp.issubdtype(lengths.dtype, jnp.floating) and values is not None):
+    whole_floats = lengths.dtype in (np.float32, np.float64) and values is not None
+    if not is_int and not whole_floats:  # bfloat16 and float16 can't even hold 257
         raise TypeError(f"{name} must be an integer array, got dtype {lengths.dtype}")
     if values is None:
         checkify.debug_check(
@@ -164,4 +194,5 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
                 f"{name} must lie in [0, {max_len}] (the padded sequence length), got "
                 f"{values.tolist()}"
             )
-    return jnp.asarray(lengths).astype(jnp.int32)
+    # Clip before narrowing, so that a traced int64 length of 2**32 + 1 acts as L, not 1.
+    return jnp.clip(jnp.asarray(lengths), 0, max_len).astype(jnp.int32)

@@ -17,6 +17,7 @@ from jaxlstm._checks import (
     check_dropout,
     check_floating,
     check_int,
+    check_key,
     check_lengths,
     check_matmul_dtype,
     check_static,
@@ -90,6 +91,7 @@ def lstm(
     """
     cfg = config_of(params)
     check_static("batch_first", batch_first)
+    check_key(key)
     if checkpoint_every is not None:
         check_static("checkpoint_every", checkpoint_every)
         check_int("checkpoint_every", checkpoint_every, minimum=1)
@@ -162,6 +164,8 @@ def _time_major(
                 "lengths must not be given with a PackedSequence input, which carries its own"
             )
         x, lengths, unbatched = check_floating("input", input.padded), input.lengths, False
+        if lengths is None:
+            raise TypeError("PackedSequence.lengths must be an integer array, got None")
         if x.ndim != 3:
             raise ValueError(
                 f"LSTM: Expected a PackedSequence of (L, N, H_in) padded data, got {x.ndim}D"
@@ -170,6 +174,8 @@ def _time_major(
         x = check_floating("input", input)
         if x.ndim not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.ndim}D instead")
+        if x.shape[0 if x.ndim == 2 or not batch_first else 1] == 0:
+            raise ValueError("Expected sequence length to be larger than 0 in RNN")
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None]  # (L, H_in) -> (L, 1, H_in)

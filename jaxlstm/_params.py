@@ -111,6 +111,9 @@ def config_of(params: Params) -> Config:
             "params must be a tuple over layers of tuples over directions of "
             f"jaxlstm.LayerParams (as made by jaxlstm.init_params), got {_describe(params)}"
         )
+    for k, layer in enumerate(params):
+        for d, p in enumerate(layer):
+            _check_leaves(f"params[{k}][{d}]", p, required=("w_ih", "w_hh"))
     first = params[0][0]
     cfg = Config(
         input_size=first.w_ih.shape[1] if first.w_ih.ndim == 2 else -1,
@@ -140,6 +143,52 @@ def config_of(params: Params) -> Config:
                         f"{'None' if got is None else f'shape {got}'}"
                     )
     return cfg
+
+
+def _check_leaves(name: str, p: LayerParams | CellParams, required: tuple[str, ...]) -> None:
+    """Every field of ``p`` is ``None`` or a floating array; ``required`` ones are arrays."""
+    for field, value in p._asdict().items():
+        if value is None:
+            if field in required:
+                raise TypeError(f"{name}.{field} must be an array, got None")
+            continue
+        dtype = getattr(value, "dtype", None)
+        if not hasattr(value, "shape") or dtype is None:
+            raise TypeError(f"{name}.{field} must be an array, got {type(value).__name__}")
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name}.{field} must be floating point, got dtype {dtype}")
+
+
+def check_cell_params(params: Any) -> tuple[int, int]:
+    """Checks ``torch.nn.LSTMCell``-shaped parameters; returns ``(H_in, H)``.
+
+    Raises:
+        TypeError: not :class:`CellParams`, or a field that is not a floating array.
+        ValueError: a field of the wrong shape, or only one of the two biases.
+    """
+    if not isinstance(params, CellParams):
+        raise TypeError(
+            "params must be jaxlstm.CellParams (as made by jaxlstm.init_cell_params), got "
+            f"{type(params).__name__}"
+        )
+    _check_leaves("params", params, required=("w_ih", "w_hh"))
+    if params.w_ih.ndim != 2 or params.w_ih.shape[0] % 4:
+        raise ValueError(
+            "params.w_ih must have shape (4*hidden_size, input_size), got "
+            f"{tuple(params.w_ih.shape)}"
+        )
+    four_h, input_size = params.w_ih.shape
+    expected = {"w_hh": (four_h, four_h // 4), "b_ih": (four_h,), "b_hh": (four_h,)}
+    if (params.b_ih is None) != (params.b_hh is None):
+        raise ValueError("params.b_ih and params.b_hh must both be arrays or both be None")
+    for field, shape in expected.items():
+        value = getattr(params, field)
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(
+                f"params.{field} must have shape {shape} for input_size={input_size}, "
+                f"hidden_size={four_h // 4}, got {tuple(value.shape)}"
+            )
+    return input_size, four_h // 4
 
 
 def _describe(x: Any) -> str:
@@ -281,6 +330,7 @@ def params_to_torch(params: Params | CellParams) -> dict[str, np.ndarray]:
         ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
     """
     if isinstance(params, CellParams):
+        check_cell_params(params)
         return {
             _torch_key(f, None): np.array(v) for f, v in params._asdict().items() if v is not None
         }
@@ -310,9 +360,7 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> Params | CellParams:
     Raises:
         ValueError: on a missing, unexpected or mis-shaped key, named in the message.
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict)}")
-    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    arrays = _state_arrays(state_dict)
     if "weight_ih" in arrays:
         return _cell_from_torch(arrays)
     layers = sorted(int(m.group(1)) for k in arrays if (m := _LAYER_KEY.search(k)))
@@ -370,6 +418,16 @@ def _cell_from_torch(arrays: dict[str, np.ndarray]) -> CellParams:
     return CellParams(*(jnp.asarray(arrays[k]) for k in expected))
 
 
+def _state_arrays(state_dict: Any) -> dict[str, np.ndarray]:
+    """The state dict's values as numpy arrays; refuses what is not a str-keyed mapping."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+    for k in state_dict:
+        if not isinstance(k, str):
+            raise TypeError(f"state_dict keys must be PyTorch's names (str), got {k!r}")
+    return {k: _to_numpy(v) for k, v in state_dict.items()}
+
+
 def check_state_dict(
     state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]
 ) -> None:
@@ -379,7 +437,7 @@ def check_state_dict(
         state_dict: PyTorch names to arrays (numpy, JAX or torch).
         expected: PyTorch names to the shapes they must have.
     """
-    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    arrays = _state_arrays(state_dict)
     missing = [k for k in expected if k not in arrays]
     unexpected = [k for k in arrays if k not in expected]
     if missing or unexpected:

@@ -100,7 +100,7 @@ def scan_layer(
     else:
         (h_n, c_n), ys = _checkpointed(chunk, weights, (h0, c0), (xs, valid), checkpoint_every)
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
-    y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, -1)  # (L, N, D*H_out)
+    y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, num_dirs * ys.shape[-1])  # (L,N,D*H_out)
     return y, h_n, c_n
 
 
@@ -239,7 +239,7 @@ def _recurrence_fwd(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
 
 def _shift(seq: Array, first: Array) -> Array:
     """``seq (L, ...)`` delayed by one step, ``first (...)`` at step 0."""
-    return jnp.concatenate([first[None], seq[:-1]])
+    return jnp.concatenate([first[None], seq[:-1]])[: seq.shape[0]]  # L = 0 stays empty
 
 
 def _cast(arrays, dtype):
@@ -255,7 +255,7 @@ def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
     h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
     if valid is not None:  # ...except before a sequence's first valid step, where it is h0
-        h_prev = jnp.where(_shift(valid, jnp.zeros_like(valid[0]))[..., None], h_prev, h0)
+        h_prev = jnp.where(_shift(valid, jnp.zeros(valid.shape[1:], bool))[..., None], h_prev, h0)
     w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
     w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
     w_hh, w_hr = _cast((w_hh, w_hr), matmul_dtype)

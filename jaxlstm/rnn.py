@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm._checks import check_lengths, concrete
+from jaxlstm._checks import as_array, check_int, check_lengths, check_number, concrete
 from jaxlstm._packed import PackedSequence
 
 Array = jax.Array
@@ -74,7 +74,7 @@ def pack_padded_sequence(
         >>> packed.data.shape, packed.batch_sizes.tolist()
         ((6, 5), [2, 2, 1, 1])
     """
-    x = jnp.asarray(input)
+    x = as_array("input", input)
     if x.ndim < 2:
         raise ValueError(
             f"input must have at least 2 dimensions (L, N, *), got {x.ndim}D of shape {x.shape}"
@@ -114,10 +114,12 @@ def pad_packed_sequence(
     """
     if not isinstance(sequence, PackedSequence):
         raise TypeError(f"sequence must be a PackedSequence, got {type(sequence).__name__}")
+    check_number("padding_value", padding_value)
     x, lengths = jnp.asarray(sequence.padded), sequence.lengths
     values = concrete(lengths)
     longest = x.shape[0] if values is None else int(values.max(initial=0))
     if total_length is not None:
+        check_int("total_length", total_length, minimum=0)
         if total_length < longest:
             raise ValueError(
                 "Expected total_length to be at least the length of the longest sequence "
@@ -156,6 +158,7 @@ def pad_sequence(
         raise ValueError(
             f"Expected padding_side to be one of left or right, but got {padding_side}."
         )
+    check_number("padding_value", padding_value)
     seqs = _as_sequence_list(sequences)
     longest = max(s.shape[0] for s in seqs)
     dtype = jnp.result_type(*seqs)
@@ -200,7 +203,7 @@ def unpad_sequence(padded_sequences: Array, lengths: Any, batch_first: bool = Fa
         lengths: ``(N,)`` integers in ``[0, L]``.
         batch_first: whether ``padded_sequences`` is batch-major.
     """
-    x = jnp.asarray(padded_sequences)
+    x = as_array("padded_sequences", padded_sequences)
     if x.ndim < 2:
         raise ValueError(f"padded_sequences must have at least 2 dimensions, got {x.ndim}D")
     if not batch_first:
@@ -222,7 +225,7 @@ def _as_sequence_list(sequences: Any) -> list[Array]:
         )
     if not sequences:
         raise ValueError("sequences must hold at least one sequence, got an empty list")
-    seqs = [jnp.asarray(s) for s in sequences]
+    seqs = [as_array(f"sequences[{i}]", s) for i, s in enumerate(sequences)]
     trailing = {s.shape[1:] for s in seqs}
     if any(s.ndim < 1 for s in seqs) or len(trailing) != 1:
         raise ValueError(
