@@ -240,6 +240,7 @@ class Peer:
         build: ``build(config, problem) -> Runner``, converting jaxlstm's weights.
         unsupported: ``unsupported(config)`` says why the peer cannot express ``config``
             (reported as n/a), or returns None.
+        tolerance: relative tolerance of its check against jaxlstm (float32).
     """
 
     name: str
@@ -249,6 +250,7 @@ class Peer:
     description: str
     build: Callable[[Config, Problem], Runner]
     unsupported: Callable[[Config], str | None] = lambda config: None
+    tolerance: float = TOLERANCE
 
     def import_error(self) -> str | None:
         """None when :attr:`module` imports, else why not."""
@@ -304,9 +306,9 @@ def _stack_layers(run_direction: Callable[[int, int, jax.Array], jax.Array], x, 
     return x
 
 
-def _build_jaxlstm(config: Config, problem: Problem) -> Runner:
+def _build_jaxlstm(config: Config, problem: Problem, matmul_dtype: Any = None) -> Runner:
     def forward(params, x, lengths):
-        return jl.lstm(params, x, lengths=lengths)[0]
+        return jl.lstm(params, x, lengths=lengths, matmul_dtype=matmul_dtype)[0]
 
     return _jax_runner(forward, problem.params, problem)
 
@@ -503,6 +505,16 @@ PEERS: dict[str, Peer] = {
     for p in (
         Peer("jaxlstm", "jax", "jaxlstm", "jaxlstm", "jaxlstm.lstm", _build_jaxlstm),
         Peer(
+            "jaxlstm-bf16mm",
+            "jax",
+            "jaxlstm",
+            "jaxlstm",
+            "jaxlstm.lstm(matmul_dtype=bfloat16): the opt-in mode, bfloat16 matmul operands, "
+            "float32 accumulation, state, gates and results",
+            functools.partial(_build_jaxlstm, matmul_dtype=jnp.bfloat16),
+            tolerance=3e-2,
+        ),
+        Peer(
             "torch",
             "torch",
             "torch",
@@ -564,7 +576,11 @@ def results(runner: Runner) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_outputs(
-    peer: str, config: Config, got: Runner, want: tuple[np.ndarray, np.ndarray]
+    peer: str,
+    config: Config,
+    got: Runner,
+    want: tuple[np.ndarray, np.ndarray],
+    tolerance: float = TOLERANCE,
 ) -> None:
     """Checks a peer's output and input gradient against jaxlstm's.
 
@@ -573,6 +589,7 @@ def check_outputs(
         config: the configuration, for the message.
         got: the peer, built in float32.
         want: jaxlstm's :func:`results` in float32 on the same weights and input.
+        tolerance: relative tolerance (of ``max(1, max|jaxlstm|)``).
 
     Raises:
         OutputMismatchError: on a shape mismatch, or a difference above
@@ -585,7 +602,7 @@ def check_outputs(
                 f"{what} shape {g.shape}, jaxlstm's {w.shape}"
             )
         error = float(np.max(np.abs(g - w)))
-        bound = TOLERANCE * max(1.0, float(np.max(np.abs(w))))
+        bound = tolerance * max(1.0, float(np.max(np.abs(w))))
         if not error <= bound:
             raise OutputMismatchError(
                 f"{peer} disagrees with jaxlstm on config {config.name!r} ({config.shape}): "
@@ -821,7 +838,7 @@ def _run_config(
         if peer.name == "jaxlstm":
             want = results(runner)
         else:
-            check_outputs(peer.name, config, runner, want)
+            check_outputs(peer.name, config, runner, want, peer.tolerance)
         if peer.framework == "jax" and jax_dtype != jnp.float32:
             runner = peer.build(config, f32._replace(dtype=jax_dtype))
             results(runner)
