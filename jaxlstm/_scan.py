@@ -126,13 +126,12 @@ def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype):
     """
     xs, valid = inputs
     b = weights.b
-    xg = jnp.stack(
-        [
-            input_gates(xs[:, d], weights.w_ih[d], None if b is None else b[d], matmul_dtype)
-            for d in range(xs.shape[1])
-        ],
-        axis=1,
-    )  # (K, D, N, 4H)
+    xg = [
+        input_gates(xs[:, d], weights.w_ih[d], None if b is None else b[d], matmul_dtype)
+        for d in range(xs.shape[1])
+    ]  # D x (K, N, 4H)
+    # (K, D, N, 4H); for D = 1 a bitcast (a stack there made XLA transpose xg twice)
+    xg = xg[0][:, None] if len(xg) == 1 else jnp.stack(xg, axis=1)
     ys, h, c = _recurrence(xg, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype)
     return (h, c), ys
 
