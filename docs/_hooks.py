@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File, Files
 
-IMAGES = ("*.png", "*.svg")
+IMAGES = ("*.png", "*.svg", "*.json")  # the plot and the raw rows it links
 
 
 def on_files(files: Files, config) -> Files:
