@@ -97,7 +97,7 @@ def lstm(
         check_int("checkpoint_every", checkpoint_every, minimum=1)
     dropout = check_dropout(dropout, cfg.num_layers)
     x, lengths, unbatched = _time_major(input, lengths, batch_first, cfg)
-    h0, c0 = _initial_state(hx, cfg, x.shape[1], unbatched, x.dtype)
+    h0, c0 = _initial_state(hx, cfg, x, unbatched)
     dtype = jnp.result_type(x, h0, c0, *jax.tree_util.tree_leaves(params))
     x, (h_n, c_n) = _layers(
         params,
@@ -192,15 +192,15 @@ def _time_major(
     return x, lengths, unbatched
 
 
-def _initial_state(
-    hx: Any, cfg: Config, batch: int, unbatched: bool, dtype: Any
-) -> tuple[Array, Array]:
+def _initial_state(hx: Any, cfg: Config, x: Array, unbatched: bool) -> tuple[Array, Array]:
     """``(h_0 (D*num_layers, N, H_out), c_0 (D*num_layers, N, H))``, zeros if ``hx`` is None."""
-    slots = cfg.num_directions * cfg.num_layers
+    slots, batch = cfg.num_directions * cfg.num_layers, x.shape[1]
     if hx is None:
+        # Zeros laid out like the input's batch (a sharded batch gives a sharded state).
+        zero = jnp.zeros_like(x[0, :, :1])  # (N, 1)
         return (
-            jnp.zeros((slots, batch, cfg.output_size), dtype),
-            jnp.zeros((slots, batch, cfg.hidden_size), dtype),
+            jnp.broadcast_to(zero[None], (slots, batch, cfg.output_size)),
+            jnp.broadcast_to(zero[None], (slots, batch, cfg.hidden_size)),
         )
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx must be a tuple (h_0, c_0), got {type(hx).__name__}")

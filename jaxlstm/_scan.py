@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxlstm._cell import input_gates, matmul, step, update_vjp
 from jaxlstm._params import LayerParams
@@ -248,6 +249,22 @@ def _cast(arrays, dtype):
     return tuple(None if a is None else a.astype(dtype) for a in arrays)
 
 
+def _sum_over_steps(spec: str, a: Array, b: Array) -> Array:
+    """``einsum(spec, a, b)`` contracting steps and batch into a weight gradient.
+
+    The result is replicated; with a batch sharded over explicit mesh axes, JAX needs
+    that said (``out_sharding``), and the contraction becomes a per-device partial sum
+    plus one all-reduce.
+    """
+    sharding = getattr(jax.typeof(a), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not any(
+        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types
+    ):
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, out_sharding=jax.sharding.NamedSharding(mesh, P()))
+
+
 def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid = residuals
     d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
@@ -279,12 +296,12 @@ def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
     # Weight gradients: one matmul over all L*N rows each, in the state dtype even in
     # matmul_dtype mode (exact accumulation; XLA:CPU has no bf16 x bf16 -> f32 plain dot).
-    d_w_hh_t = jnp.einsum("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
+    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
     d_w_hr_t = None
     if w_hr is not None:
         o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
         r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
-        d_w_hr_t = jnp.einsum("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
+        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
     return dgates, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 
 
