@@ -68,6 +68,16 @@ TORCH_STEMS = {
 }
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """PyTorch on one thread (restored afterwards): on a small shared machine its thread
+    pool makes these tiny per-step matmuls far slower (L = 100,000: 9 s vs 0.1 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def x64() -> Iterator[None]:
     """Run the test with 64-bit JAX types enabled."""

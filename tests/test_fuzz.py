@@ -24,7 +24,6 @@ import random
 import jax
 import numpy as np
 import pytest
-import torch
 from conftest import (
     BATCH,
     FORMS,
@@ -89,14 +88,7 @@ def covering_pool(seed=0):
 POOL = covering_pool()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    """PyTorch on one thread (restored afterwards): on a small shared machine its thread
-    pool makes these tiny per-step matmuls far slower (L = 100,000: 9 s vs 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_pool_covers_every_pair_and_every_structure():

@@ -58,14 +58,7 @@ BAD = (TypeError, ValueError)
 TORCH_ERRORS = (RuntimeError, TypeError, ValueError)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    """PyTorch on one thread (restored afterwards): on a small shared machine its thread
-    pool makes these tiny per-step matmuls far slower (L = 100,000: 9 s vs 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def assert_trees_equal(actual, expected, where=""):
