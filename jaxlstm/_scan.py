@@ -258,8 +258,10 @@ def _sum_over_steps(spec: str, a: Array, b: Array) -> Array:
     """
     sharding = getattr(jax.typeof(a), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or mesh.empty or not any(
-        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types
+    if (
+        mesh is None
+        or mesh.empty
+        or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
     ):
         return jnp.einsum(spec, a, b)
     return jnp.einsum(spec, a, b, out_sharding=jax.sharding.NamedSharding(mesh, P()))
