@@ -37,6 +37,7 @@ PAGES_WITH_CODE = {
     "migration.md",
     "functional.md",
     "lengths.md",
+    "precision.md",
     "distributed.md",
 }
 TIMEOUT_S = 600
