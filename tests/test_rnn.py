@@ -756,3 +756,12 @@ def test_random_batches_match_torch(seqs, batch_first, padding_side):
         jrnn.pad_sequence(j_seqs, **kwargs), _np(trnn.pad_sequence(t_seqs, **kwargs))
     )
     assert_list_equal(jrnn.unpack_sequence(jp), trnn.unpack_sequence(tp))
+
+
+def test_packed_sequence_unpacks_like_torchs_named_tuple():
+    """``data, batch_sizes, sorted_indices, unsorted_indices = packed``, as in PyTorch."""
+    seqs = [np.arange(6.0).reshape(3, 2), np.arange(2.0).reshape(1, 2), np.ones((2, 2))]
+    packed = jl.pack_sequence([jnp.asarray(s) for s in seqs], enforce_sorted=False)
+    expected = trnn.pack_sequence([torch.from_numpy(s) for s in seqs], enforce_sorted=False)
+    for got, want in zip(packed, expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want.numpy())
