@@ -126,14 +126,16 @@ def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype):
         ``((h, c), ys (K, D, N, H_out))``.
     """
     xs, valid = inputs
-    b = weights.b
+    # The bias is added inside the loop's gate kernel (free there), not in a pass of its
+    # own over all (K, D, N, 4H) input gates.
     xg = [
-        input_gates(xs[:, d], weights.w_ih[d], None if b is None else b[d], matmul_dtype)
-        for d in range(xs.shape[1])
+        input_gates(xs[:, d], weights.w_ih[d], None, matmul_dtype) for d in range(xs.shape[1])
     ]  # D x (K, N, 4H)
     # (K, D, N, 4H); for D = 1 a bitcast (a stack there made XLA transpose xg twice)
     xg = xg[0][:, None] if len(xg) == 1 else jnp.stack(xg, axis=1)
-    ys, h, c = _recurrence(xg, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype)
+    ys, h, c = _recurrence(
+        xg, weights.b, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype
+    )
     return (h, c), ys
 
 
@@ -189,11 +191,12 @@ def _scan(body, init, xs, *, reverse: bool = False):
     return carry, out
 
 
-def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
+def _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     """The forward loop in scan order.
 
     Args:
-        xg: ``(L, D, N, 4H)`` input gates in scan order.
+        xg: ``(L, D, N, 4H)`` input gates in scan order, without bias.
+        b: ``(D, 4H)`` bias (``b_ih + b_hh``) or ``None``.
         w_hh_t: ``(D, H_out, 4H)``.
         w_hr_t: ``(D, H, P)`` or ``None``.
         h0, c0: ``(D, N, H_out)``, ``(D, N, H)``.
@@ -210,6 +213,8 @@ def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     def body(carry, inputs):
         h, c = carry
         xg_t, valid_t = inputs  # (D, N, 4H), (D, N) or None
+        if b is not None:
+            xg_t = xg_t + b[:, None]  # + (D, 1, 4H)
         h_new, c_new, act = step(xg_t, h, c, w_hh_t, w_hr_t)  # (D, N, H_out), (D, N, H)
         y = h_new
         if valid_t is not None:
@@ -222,19 +227,20 @@ def _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     return (*out, h_n, c_n) if save else (out, h_n, c_n)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _recurrence(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
 
     Returns:
         ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
     """
-    return _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=False)
+    return _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=False)
 
 
-def _recurrence_fwd(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
-    ys, acts, cs, h_n, c_n = _forward(xg, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
-    return (ys, h_n, c_n), (ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid)
+def _recurrence_fwd(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
+    out = _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
+    ys, acts, cs, h_n, c_n = out
+    return (ys, h_n, c_n), (ys, acts, cs, b is not None, w_hh_t, w_hr_t, h0, c0, valid)
 
 
 def _shift(seq: Array, first: Array) -> Array:
@@ -268,7 +274,7 @@ def _sum_over_steps(spec: str, a: Array, b: Array) -> Array:
 
 
 def _recurrence_bwd(matmul_dtype, residuals, cotangents):
-    ys, acts, cs, w_hh_t, w_hr_t, h0, c0, valid = residuals
+    ys, acts, cs, has_bias, w_hh_t, w_hr_t, h0, c0, valid = residuals
     d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
     c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
     h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
@@ -304,7 +310,8 @@ def _recurrence_bwd(matmul_dtype, residuals, cotangents):
         o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
         r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
         d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
-    return dgates, d_w_hh_t, d_w_hr_t, dh0, dc0, None
+    d_b = dgates.sum(axis=(0, 2)) if has_bias else None  # (D, 4H)
+    return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
