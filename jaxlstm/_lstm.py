@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlstm import _kernel
 from jaxlstm._checks import (
     check_dropout,
     check_floating,
@@ -109,6 +110,7 @@ def lstm(
         dropout=dropout if key is not None else 0.0,
         matmul_dtype=check_matmul_dtype(matmul_dtype, dtype),
         checkpoint_every=checkpoint_every,
+        cpu_kernel=_kernel.available(),
     )
     if isinstance(input, PackedSequence):
         return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
@@ -119,8 +121,10 @@ def lstm(
     return x, (h_n, c_n)
 
 
-@partial(jax.jit, static_argnames=("dropout", "matmul_dtype", "checkpoint_every"))
-def _layers(params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every):
+@partial(jax.jit, static_argnames=("dropout", "matmul_dtype", "checkpoint_every", "cpu_kernel"))
+def _layers(
+    params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every, cpu_kernel
+):
     """The layers over checked, time-major arrays (jitted: eager calls compile once).
 
     Args:
@@ -130,6 +134,8 @@ def _layers(params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoin
         lengths: ``(N,)`` or ``None``.
         key: dropout key or ``None``.
         dropout, matmul_dtype, checkpoint_every: as :func:`lstm` (static).
+        cpu_kernel: whether layers may run in jaxlstm's fused CPU kernel (static; see
+            :mod:`jaxlstm._kernel`).
 
     Returns:
         ``(y (L, N, D*H_out), (h_n, c_n))`` in the common floating dtype.
@@ -145,7 +151,7 @@ def _layers(params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoin
         layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
         slots = slice(k * num_dirs, (k + 1) * num_dirs)
         x, h, c = scan_layer(
-            layer, x, h0[slots], c0[slots], lengths, matmul_dtype, checkpoint_every
+            layer, x, h0[slots], c0[slots], lengths, matmul_dtype, checkpoint_every, cpu_kernel
         )
         h_n.append(h)
         c_n.append(c)

@@ -1,0 +1,497 @@
+// The fused LSTM recurrence for x86-64 CPUs with AVX-512: an XLA FFI custom call.
+//
+// What it computes is jaxlstm._scan._forward / _recurrence_bwd (float32, no projection):
+// every step's recurrent matmul with the gate nonlinearities, the cell update and the
+// length masks done on the matmul's accumulators while they are still in registers,
+// on all cores (XLA's intra-op threads), the steps in order. See jaxlstm/_kernel.py for the contract.
+//
+// Layouts (row-major; L steps in scan order, D directions, N batch, H hidden, G = 4H):
+//   forward  in : xg (L,D,N,G) input gates without bias, b (D,G), w (D,H,G) = w_hh^T,
+//                 h0 (D,N,H), c0 (D,N,H), valid (L,D,N) bool
+//            out: ys (L,D,N,H), h_n (D,N,H), c_n (D,N,H)
+//                 [+ acts (L,D,N,G) activated gates, cs (L,D,N,H) cell carries]
+//   backward in : d_ys (L,D,N,H), acts, cs, w, c0, valid, d_hn (D,N,H), d_cn (D,N,H)
+//            out: dgates (L,D,N,G), dh0 (D,N,H), dc0 (D,N,H)
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;       // floats in a 512-bit register
+constexpr int kPanel = 4 * kLanes;  // columns of one packed weight panel
+constexpr int kRows = 6;         // batch rows per register tile: 6 x 4 accumulators
+
+// Waits until ready() holds: spinning (a step takes tens of microseconds), then yielding
+// the core in case the thread waited for is not running (more threads than cores).
+template <typename Ready>
+void WaitUntil(const Ready& ready) {
+  for (int spins = 0; !ready(); ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// Runs work(item, step, thread) for every item in [0, items) and step in [0, steps), all
+// items of a step before any of the next, on the calling thread and on up to threads - 1
+// tasks scheduled on XLA's intra-op thread pool (`thread` < threads names the running
+// thread's scratch space).
+//
+// Thread t starts each step at its own share of the items (keeping its weights in its own
+// cache) and goes on to any item of the step that nobody has started: the call never
+// waits for a thread that is busy elsewhere, descheduled or never comes; the caller alone
+// finishes the work if it must. Helpers that start late find the steps done and leave;
+// the shared state outlives the call for them.
+class Team {
+ public:
+  template <typename Work>
+  static void Run(ffi::ThreadPool& pool, int threads, int64_t items, int64_t steps,
+                  const Work& work) {
+    auto team = std::make_shared<Team>(threads, items, steps);
+    team->work_ = &work;
+    team->call_ = [](const void* w, int64_t item, int64_t step, int thread) {
+      (*static_cast<const Work*>(w))(item, step, thread);
+    };
+    for (int helper = 1; helper < threads; ++helper) {
+      pool.Schedule([team, helper] { team->Join(helper); });
+    }
+    team->Join(0);
+    team->finished_.store(true);
+    WaitUntil([&] { return team->inside_.load() == 0; });
+  }
+
+  Team(int threads, int64_t items, int64_t steps)
+      : threads_(threads), items_(items), steps_(steps), next_(new std::atomic<int64_t>[items]) {
+    for (int64_t i = 0; i < items; ++i) next_[i].store(0);
+  }
+
+ private:
+  void Join(int thread) {
+    inside_.fetch_add(1);
+    if (!finished_.load()) {
+      const int64_t start = items_ * thread / threads_;
+      for (int64_t step = done_.load() / items_; step < steps_; ++step) {
+        for (int64_t k = 0; k < items_; ++k) {
+          const int64_t item = (start + k) % items_;
+          int64_t expected = step;
+          if (next_[item].load(std::memory_order_relaxed) == step &&
+              next_[item].compare_exchange_strong(expected, step + 1)) {
+            call_(work_, item, step, thread);
+            done_.fetch_add(1);
+          }
+        }
+        WaitUntil([&] { return done_.load() >= (step + 1) * items_; });
+      }
+    }
+    inside_.fetch_sub(1);
+  }
+
+  const int threads_;
+  const int64_t items_, steps_;
+  std::unique_ptr<std::atomic<int64_t>[]> next_;  // per item: the next step to start
+  std::atomic<int64_t> done_{0};                  // item-steps finished
+  std::atomic<int> inside_{0};                    // threads inside Join
+  std::atomic<bool> finished_{false};
+  const void* work_ = nullptr;
+  void (*call_)(const void*, int64_t, int64_t, int) = nullptr;
+};
+
+int CpuCount() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Threads worth using for `items` independent work items, `flops` in all per step:
+// handing a step over between threads costs about a microsecond, so small steps stay on
+// one thread.
+int ThreadsFor(int64_t items, double flops_per_step) {
+  const int by_work = static_cast<int>(std::max(1.0, flops_per_step / 1.0e6));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({int64_t{CpuCount()}, items, int64_t{by_work}})));
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,fma")
+
+inline __m512 Set(float v) { return _mm512_set1_ps(v); }
+
+// exp(x) to about 1 ulp (Cephes' expf polynomial), x clamped to float's range.
+inline __m512 Exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, Set(-87.33654f)), Set(88.37626f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, Set(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, Set(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, Set(-2.12194440e-4f), r);
+  __m512 p = Set(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, Set(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, Set(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, Set(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, Set(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, Set(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, Set(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 Sigmoid(__m512 x) {
+  return _mm512_div_ps(Set(1.0f), _mm512_add_ps(Set(1.0f), Exp(_mm512_sub_ps(Set(0.0f), x))));
+}
+
+// tanh(x): an odd polynomial below |x| = 0.625 (Cephes' tanhf), 1 - 2 / (exp(2|x|) + 1)
+// above, the sign restored.
+inline __m512 Tanh(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 s = _mm512_mul_ps(x, x);
+  __m512 p = Set(-5.70498872745e-3f);
+  p = _mm512_fmadd_ps(p, s, Set(2.06390887954e-2f));
+  p = _mm512_fmadd_ps(p, s, Set(-5.37397155531e-2f));
+  p = _mm512_fmadd_ps(p, s, Set(1.33314422036e-1f));
+  p = _mm512_fmadd_ps(p, s, Set(-3.33332819422e-1f));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), x, x);
+  const __m512 e = Exp(_mm512_add_ps(ax, ax));
+  __m512 large = _mm512_sub_ps(Set(1.0f), _mm512_div_ps(Set(2.0f), _mm512_add_ps(e, Set(1.0f))));
+  large = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_castps_si512(large),
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, Set(0.625f), _CMP_LT_OQ), large, small);
+}
+
+// acc[64 r + 16 q + lane] (+)= sum_k a[r * lda + k] * panel[k * 64 + 16 q + lane], for R rows of a.
+// The sums are kept in local registers (acc may alias memory the loop reads).
+template <int R>
+inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, bool add,
+                 float* acc) {
+  __m512 c[R][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) c[r][q] = add ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* row = panel + p * kPanel;
+    const __m512 b0 = _mm512_loadu_ps(row), b1 = _mm512_loadu_ps(row + 16);
+    const __m512 b2 = _mm512_loadu_ps(row + 32), b3 = _mm512_loadu_ps(row + 48);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + p]);
+      c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
+      c[r][2] = _mm512_fmadd_ps(av, b2, c[r][2]);
+      c[r][3] = _mm512_fmadd_ps(av, b3, c[r][3]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(acc + kPanel * r + kLanes * q, c[r][q]);
+}
+
+// acc[64 n + 16 q + lane] = sum_k a[n * lda + k] * panel[k * 64 + 16 q + lane] for all `rows` rows of
+// a, the panel taken kDepth rows at a time so that its block stays in the L1 cache while
+// every row tile passes over it.
+inline void Product(const float* a, int64_t lda, int64_t rows, const float* panel, int64_t k,
+                    float* acc) {
+  constexpr int64_t kDepth = 128;
+  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+    const int64_t depth = std::min(kDepth, k - k0);
+    const float* block = panel + k0 * kPanel;
+    for (int64_t n0 = 0; n0 < rows; n0 += kRows) {
+      const float* a0 = a + n0 * lda + k0;
+      float* c = acc + kPanel * n0;
+      switch (std::min<int64_t>(kRows, rows - n0)) {
+        case 1: Gemm<1>(a0, lda, block, depth, k0 > 0, c); break;
+        case 2: Gemm<2>(a0, lda, block, depth, k0 > 0, c); break;
+        case 3: Gemm<3>(a0, lda, block, depth, k0 > 0, c); break;
+        case 4: Gemm<4>(a0, lda, block, depth, k0 > 0, c); break;
+        case 5: Gemm<5>(a0, lda, block, depth, k0 > 0, c); break;
+        default: Gemm<6>(a0, lda, block, depth, k0 > 0, c); break;
+      }
+    }
+  }
+}
+
+inline __mmask16 UnitMask(int64_t first, int64_t hidden) {
+  const int64_t n = std::min<int64_t>(kLanes, hidden - first);
+  return static_cast<__mmask16>((1u << n) - 1u);
+}
+
+inline __m512 Load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline void Store(__mmask16 m, float* p, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+
+struct Shape {
+  int64_t L, D, N, H;
+  int64_t G() const { return 4 * H; }
+};
+
+// Forward panels: for direction d and 16-unit tile u, panel[k][gate][lane] =
+// w[d][k][gate * H + 16 u + lane] (zero past H): one tile's four gates side by side.
+std::vector<float> PackForward(const Shape& s, const float* w) {
+  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
+  std::vector<float> packed(s.D * tiles * s.H * kPanel, 0.0f);
+  for (int64_t d = 0; d < s.D; ++d)
+    for (int64_t u = 0; u < tiles; ++u)
+      for (int64_t k = 0; k < s.H; ++k) {
+        float* dst = &packed[((d * tiles + u) * s.H + k) * kPanel];
+        const float* src = w + (d * s.H + k) * G;
+        for (int gate = 0; gate < 4; ++gate)
+          for (int64_t j = 0; j < kLanes && u * kLanes + j < s.H; ++j)
+            dst[gate * kLanes + j] = src[gate * s.H + u * kLanes + j];
+      }
+  return packed;
+}
+
+// Backward panels: for direction d and 64-unit tile v, panel[k][lane] = w_hh[d][k][64 v +
+// lane] = w[d][64 v + lane][k] for k < G (zero past H).
+std::vector<float> PackBackward(const Shape& s, const float* w) {
+  const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G();
+  std::vector<float> packed(s.D * tiles * G * kPanel, 0.0f);
+  for (int64_t d = 0; d < s.D; ++d)
+    for (int64_t v = 0; v < tiles; ++v)
+      for (int64_t j = 0; j < kPanel && v * kPanel + j < s.H; ++j) {
+        const float* src = w + (d * s.H + v * kPanel + j) * G;
+        float* dst = &packed[(d * tiles + v) * G * kPanel + j];
+        for (int64_t k = 0; k < G; ++k) dst[k * kPanel] = src[k];
+      }
+  return packed;
+}
+
+struct Forward {
+  Shape s;
+  const float *xg, *b, *w, *h0, *c0;
+  const bool* valid;
+  float *ys, *hn, *cn, *acts, *cs;  // acts, cs: nullptr when not saved
+
+  void Run(ffi::ThreadPool& pool) const {
+    const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
+    const std::vector<float> panels = PackForward(s, w);
+    std::vector<float> h(2 * DNH);  // ping-pong hidden states: step t reads one, writes other
+    std::copy(h0, h0 + DNH, h.begin());
+    std::copy(c0, c0 + DNH, cn);  // the cell state lives in c_n
+    const int64_t items = s.D * tiles;
+    const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
+    std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
+    Team::Run(pool, threads, items, s.L, [&](int64_t item, int64_t step, int thread) {
+      float* acc = &scratch[thread * kPanel * s.N];
+      const float* h_in = &h[(step % 2) * DNH];
+      float* h_out = &h[((step + 1) % 2) * DNH];
+      const int64_t d = item / tiles, unit = item % tiles * kLanes;
+      const __mmask16 m = UnitMask(unit, s.H);
+      Product(h_in + d * s.N * s.H, s.H, s.N, &panels[item * s.H * kPanel], s.H, acc);
+      for (int64_t n = 0; n < s.N; ++n)
+        Epilogue(step, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
+    });
+    const float* h_last = &h[(s.L % 2) * DNH];
+    std::copy(h_last, h_last + DNH, hn);
+  }
+
+  void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m,
+                const float* gates, const float* h_in, float* h_out) const {
+    const int64_t G = s.G(), row = (step * s.D + d) * s.N + n, state = (d * s.N + n) * s.H + unit;
+    const float* x = xg + row * G + unit;
+    const float* bias = b + d * G + unit;
+    __m512 a[4];
+    for (int q = 0; q < 4; ++q)
+      a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q), _mm512_add_ps(Load(m, x + q * s.H), Load(m, bias + q * s.H)));
+    a[0] = Sigmoid(a[0]);
+    a[1] = Sigmoid(a[1]);
+    a[2] = Tanh(a[2]);
+    a[3] = Sigmoid(a[3]);
+    const __m512 c_old = Load(m, cn + state);
+    const __m512 c_new = _mm512_fmadd_ps(a[1], c_old, _mm512_mul_ps(a[0], a[2]));
+    const __m512 h_new = _mm512_mul_ps(a[3], Tanh(c_new));
+    const bool keep = valid[row];
+    Store(m, h_out + state, keep ? h_new : Load(m, h_in + state));
+    Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
+    if (keep) Store(m, cn + state, c_new);
+    if (acts != nullptr) {
+      for (int q = 0; q < 4; ++q) Store(m, acts + row * G + q * s.H + unit, a[q]);
+      Store(m, cs + row * s.H + unit, keep ? c_new : c_old);
+    }
+  }
+};
+
+struct Backward {
+  Shape s;
+  const float *d_ys, *acts, *cs, *w, *c0;
+  const bool* valid;
+  const float *d_hn, *d_cn;
+  float *dgates, *dh0, *dc0;
+
+  void Run(ffi::ThreadPool& pool) const {
+    const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
+    const std::vector<float> panels = PackBackward(s, w);
+    // dh0 holds the part of dh that passes frozen (masked) steps; dc0 the cell cotangent.
+    std::copy(d_hn, d_hn + DNH, dh0);
+    std::copy(d_cn, d_cn + DNH, dc0);
+    const int64_t items = s.D * tiles;
+    const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
+    std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
+    // Team step t handles scan step L - t: the gradient arriving from step L - t (none
+    // for t = 0), then the cotangents of step L - t - 1, or dh0 after the last.
+    Team::Run(pool, threads, items, s.L + 1, [&](int64_t item, int64_t t, int thread) {
+      const int64_t step = s.L - t, d = item / tiles, v = item % tiles;
+      float* acc = &scratch[thread * kPanel * s.N];
+      if (step < s.L) {  // dh from the step after: dgates[step] @ w_hh
+        Product(dgates + (step * s.D + d) * s.N * G, G, s.N, &panels[item * G * kPanel], G, acc);
+      } else {
+        std::fill(acc, acc + kPanel * s.N, 0.0f);
+      }
+      for (int64_t n = 0; n < s.N; ++n)
+        for (int q = 0; q < 4; ++q) {
+          const int64_t unit = v * kPanel + q * kLanes;
+          if (unit >= s.H) break;
+          const __mmask16 m = UnitMask(unit, s.H);
+          const int64_t state = (d * s.N + n) * s.H + unit;
+          const __m512 dh =
+              _mm512_add_ps(_mm512_loadu_ps(&acc[kPanel * n + kLanes * q]), Load(m, dh0 + state));
+          if (step == 0) {
+            Store(m, dh0 + state, dh);
+          } else {
+            Epilogue(step - 1, d, n, unit, m, dh);
+          }
+        }
+    });
+  }
+
+  // The cotangents of step `step` for 16 units of row n, from dh arriving at its output.
+  void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) const {
+    const int64_t G = s.G(), row = (step * s.D + d) * s.N + n, state = (d * s.N + n) * s.H + unit;
+    float* dg = dgates + row * G + unit;
+    if (!valid[row]) {  // a frozen step: dh and dc pass through, no gate cotangents
+      for (int q = 0; q < 4; ++q) Store(m, dg + q * s.H, _mm512_setzero_ps());
+      Store(m, dh0 + state, dh);
+      return;
+    }
+    const float* a = acts + row * G + unit;
+    const __m512 i = Load(m, a), f = Load(m, a + s.H), g = Load(m, a + 2 * s.H);
+    const __m512 o = Load(m, a + 3 * s.H);
+    const __m512 c = Load(m, cs + row * s.H + unit);
+    const __m512 c_prev = step > 0 ? Load(m, cs + (row - s.D * s.N) * s.H + unit)
+                                   : Load(m, c0 + state);
+    const __m512 dr = _mm512_add_ps(dh, Load(m, d_ys + row * s.H + unit));
+    const __m512 one = Set(1.0f), tanh_c = Tanh(c);
+    const __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dr, o), _mm512_fnmadd_ps(tanh_c, tanh_c, one),
+                                      Load(m, dc0 + state));
+    const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+    const __m512 df =
+        _mm512_mul_ps(_mm512_mul_ps(dc, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+    const __m512 dgg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
+    const __m512 do_ =
+        _mm512_mul_ps(_mm512_mul_ps(dr, tanh_c), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+    Store(m, dg, di);
+    Store(m, dg + s.H, df);
+    Store(m, dg + 2 * s.H, dgg);
+    Store(m, dg + 3 * s.H, do_);
+    Store(m, dc0 + state, _mm512_mul_ps(dc, f));
+    Store(m, dh0 + state, _mm512_setzero_ps());
+  }
+};
+
+#pragma GCC pop_options
+
+Shape ShapeOf(ffi::Buffer<ffi::F32> xg) {
+  const auto dims = xg.dimensions();
+  return Shape{dims[0], dims[1], dims[2], dims[3] / 4};
+}
+
+template <bool kSave>
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xg, ffi::Buffer<ffi::F32> b,
+                       ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::PRED> valid,
+                       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> hn,
+                       ffi::ResultBuffer<ffi::F32> cn, ffi::ResultBuffer<ffi::F32> acts,
+                       ffi::ResultBuffer<ffi::F32> cs) {
+  Forward{ShapeOf(xg),        xg.typed_data(),  b.typed_data(),   w.typed_data(),
+          h0.typed_data(),    c0.typed_data(),  valid.typed_data(), ys->typed_data(),
+          hn->typed_data(),   cn->typed_data(), kSave ? acts->typed_data() : nullptr,
+          kSave ? cs->typed_data() : nullptr}
+      .Run(pool);
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> acts,
+                        ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> w,
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::PRED> valid,
+                        ffi::Buffer<ffi::F32> d_hn, ffi::Buffer<ffi::F32> d_cn,
+                        ffi::ResultBuffer<ffi::F32> dgates, ffi::ResultBuffer<ffi::F32> dh0,
+                        ffi::ResultBuffer<ffi::F32> dc0) {
+  Backward{ShapeOf(acts),        d_ys.typed_data(),  acts.typed_data(),   cs.typed_data(),
+           w.typed_data(),       c0.typed_data(),    valid.typed_data(),  d_hn.typed_data(),
+           d_cn.typed_data(),    dgates->typed_data(), dh0->typed_data(), dc0->typed_data()}
+      .Run(pool);
+  return ffi::Error::Success();
+}
+
+#define FORWARD_BINDING                                                                       \
+  ffi::Ffi::Bind()                                                                            \
+      .Ctx<ffi::ThreadPool>()                                                                 \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
+      .Arg<ffi::Buffer<ffi::PRED>>()                                                          \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
+      .Ret<ffi::Buffer<ffi::F32>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, ForwardImpl<false>, FORWARD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, ForwardImpl<true>, FORWARD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+PyObject* Capsule(void* fn) { return PyCapsule_New(fn, nullptr, nullptr); }
+
+PyObject* Handlers(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:N,s:N,s:N}", "jaxlstm_lstm_forward",
+                       Capsule(reinterpret_cast<void*>(LstmForward)), "jaxlstm_lstm_forward_save",
+                       Capsule(reinterpret_cast<void*>(LstmForwardSave)), "jaxlstm_lstm_backward",
+                       Capsule(reinterpret_cast<void*>(LstmBackward)));
+}
+
+PyObject* Supported(PyObject*, PyObject*) {
+  __builtin_cpu_init();
+  const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("fma");
+  return PyBool_FromLong(ok);
+}
+
+PyMethodDef kMethods[] = {
+    {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by target name."},
+    {"supported", Supported, METH_NOARGS, "Whether this CPU has the instructions used."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_cpu_kernel",
+                       "jaxlstm's fused LSTM recurrence for x86-64 CPUs (XLA FFI).", -1, kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__cpu_kernel() { return PyModule_Create(&kModule); }
