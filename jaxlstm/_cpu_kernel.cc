@@ -1,17 +1,22 @@
-// The fused LSTM recurrence for x86-64 CPUs with AVX-512: an XLA FFI custom call.
+// The fused LSTM recurrence for x86-64 CPUs with AVX-512: XLA FFI custom calls.
 //
-// What it computes is jaxlstm._scan._forward / _recurrence_bwd (float32, no projection):
-// every step's recurrent matmul with the gate nonlinearities, the cell update and the
-// length masks done on the matmul's accumulators while they are still in registers,
-// on all cores (XLA's intra-op threads), the steps in order. See jaxlstm/_kernel.py for the contract.
+// What they compute is the loop of jaxlstm._scan.scan_layer and its reverse mode
+// (float32, no projection, every direction of a layer at once): each step's recurrent
+// matmul with the gate nonlinearities, the cell update and the length masks done on the
+// matmul's accumulators while they are in registers, the hidden units shared out over the
+// calling thread and XLA's intra-op threads, the steps in order. jaxlstm/_kernel.py holds
+// the rest of the layer (projection, weight gradients) and the contract.
 //
-// Layouts (row-major; L steps in scan order, D directions, N batch, H hidden, G = 4H):
-//   forward  in : xg (L,D,N,G) input gates without bias, b (D,G), w (D,H,G) = w_hh^T,
-//                 h0 (D,N,H), c0 (D,N,H), valid (L,D,N) bool
-//            out: ys (L,D,N,H), h_n (D,N,H), c_n (D,N,H)
-//                 [+ acts (L,D,N,G) activated gates, cs (L,D,N,H) cell carries]
-//   backward in : d_ys (L,D,N,H), acts, cs, w, c0, valid, d_hn (D,N,H), d_cn (D,N,H)
-//            out: dgates (L,D,N,G), dh0 (D,N,H), dc0 (D,N,H)
+// Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
+// direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
+// leave the state unchanged and output zeros):
+//   forward  in : xg (L,N,D,G) input gates without bias, b (D,G), w (D,H,G) = w_hh^T,
+//                 h0 (D,N,H), c0 (D,N,H), lengths (N) int32
+//            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
+//                 empty) acts (L,N,D,G) activated gates (may alias xg), cs (L,N,D,H) cell
+//                 states after each step, hp (L,N,D,H) hidden states before each step
+//   backward in : d_ys (L,N,D,H), acts, cs, w, c0, lengths, d_hn (D,N,H), d_cn (D,N,H)
+//            out: dgates (L,N,D,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -119,11 +124,13 @@ int CpuCount() {
 }
 
 // Threads worth using for `items` independent work items, `flops` in all per step:
-// handing a step over between threads costs about a microsecond, so small steps stay on
-// one thread.
+// handing a step over between threads costs about a microsecond, so steps of less than
+// 0.2 MFLOP a thread stay on fewer threads (measured: T=1000 N=8 H=128, 1 MFLOP a step,
+// runs 1.2x faster on two threads than on one).
 int ThreadsFor(int64_t items, double flops_per_step) {
-  const int by_work = static_cast<int>(std::max(1.0, flops_per_step / 1.0e6));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({int64_t{CpuCount()}, items, int64_t{by_work}})));
+  const int by_work = static_cast<int>(std::max(1.0, flops_per_step / 2.0e5));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({int64_t{CpuCount()}, items, int64_t{by_work}})));
 }
 
 #pragma GCC push_options
@@ -229,12 +236,22 @@ inline __mmask16 UnitMask(int64_t first, int64_t hidden) {
   return static_cast<__mmask16>((1u << n) - 1u);
 }
 
+// Asks for the cache line holding p now: the epilogues' inputs (input gates, residuals)
+// come from memory and are fetched while the item's matmul runs.
+inline void Prefetch(const float* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+}
+
 inline __m512 Load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
 inline void Store(__mmask16 m, float* p, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
 
 struct Shape {
-  int64_t L, D, N, H;
+  int64_t L, N, D, H;
   int64_t G() const { return 4 * H; }
+  // Time step of direction d at scan step `step` (the reverse direction runs backwards).
+  int64_t Time(int64_t d, int64_t step) const { return d == 0 ? step : L - 1 - step; }
+  // Row of (time t, batch n, direction d) in the (L, N, D, ...) arrays.
+  int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
 };
 
 // Forward panels: for direction d and 16-unit tile u, panel[k][gate][lane] =
@@ -272,13 +289,14 @@ std::vector<float> PackBackward(const Shape& s, const float* w) {
 struct Forward {
   Shape s;
   const float *xg, *b, *w, *h0, *c0;
-  const bool* valid;
-  float *ys, *hn, *cn, *acts, *cs;  // acts, cs: nullptr when not saved
+  const int32_t* lengths;
+  float *ys, *hn, *cn;
+  float *acts, *cs, *hp;  // residuals (nullptr when not saved); acts may alias xg
 
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
     const std::vector<float> panels = PackForward(s, w);
-    std::vector<float> h(2 * DNH);  // ping-pong hidden states: step t reads one, writes other
+    std::vector<float> h(2 * DNH);  // ping-pong (D, N, H) states: a step reads one, writes other
     std::copy(h0, h0 + DNH, h.begin());
     std::copy(c0, c0 + DNH, cn);  // the cell state lives in c_n
     const int64_t items = s.D * tiles;
@@ -290,36 +308,42 @@ struct Forward {
       float* h_out = &h[((step + 1) % 2) * DNH];
       const int64_t d = item / tiles, unit = item % tiles * kLanes;
       const __mmask16 m = UnitMask(unit, s.H);
+      const int64_t t = s.Time(d, step);
+      for (int64_t n = 0; n < s.N; ++n)
+        for (int q = 0; q < 4; ++q) Prefetch(xg + s.Row(t, n, d) * G + q * s.H + unit);
       Product(h_in + d * s.N * s.H, s.H, s.N, &panels[item * s.H * kPanel], s.H, acc);
       for (int64_t n = 0; n < s.N; ++n)
-        Epilogue(step, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
+        Epilogue(t, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
     });
     const float* h_last = &h[(s.L % 2) * DNH];
     std::copy(h_last, h_last + DNH, hn);
   }
 
-  void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m,
-                const float* gates, const float* h_in, float* h_out) const {
-    const int64_t G = s.G(), row = (step * s.D + d) * s.N + n, state = (d * s.N + n) * s.H + unit;
+  // Time t of direction d for 16 units of row n, from the recurrent part of its gates.
+  void Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
+                const float* h_in, float* h_out) const {
+    const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
     const float* x = xg + row * G + unit;
     const float* bias = b + d * G + unit;
     __m512 a[4];
     for (int q = 0; q < 4; ++q)
-      a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q), _mm512_add_ps(Load(m, x + q * s.H), Load(m, bias + q * s.H)));
+      a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q),
+                           _mm512_add_ps(Load(m, x + q * s.H), Load(m, bias + q * s.H)));
     a[0] = Sigmoid(a[0]);
     a[1] = Sigmoid(a[1]);
     a[2] = Tanh(a[2]);
     a[3] = Sigmoid(a[3]);
-    const __m512 c_old = Load(m, cn + state);
+    const __m512 h_old = Load(m, h_in + state), c_old = Load(m, cn + state);
     const __m512 c_new = _mm512_fmadd_ps(a[1], c_old, _mm512_mul_ps(a[0], a[2]));
     const __m512 h_new = _mm512_mul_ps(a[3], Tanh(c_new));
-    const bool keep = valid[row];
-    Store(m, h_out + state, keep ? h_new : Load(m, h_in + state));
+    const bool keep = t < lengths[n];  // past its length a sequence's state is frozen
+    Store(m, h_out + state, keep ? h_new : h_old);
     Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
     if (keep) Store(m, cn + state, c_new);
     if (acts != nullptr) {
       for (int q = 0; q < 4; ++q) Store(m, acts + row * G + q * s.H + unit, a[q]);
       Store(m, cs + row * s.H + unit, keep ? c_new : c_old);
+      Store(m, hp + row * s.H + unit, h_old);
     }
   }
 };
@@ -327,9 +351,9 @@ struct Forward {
 struct Backward {
   Shape s;
   const float *d_ys, *acts, *cs, *w, *c0;
-  const bool* valid;
+  const int32_t* lengths;
   const float *d_hn, *d_cn;
-  float *dgates, *dh0, *dc0;
+  float *dgates, *dh0, *dc0;  // dgates may alias acts
 
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
@@ -340,13 +364,24 @@ struct Backward {
     const int64_t items = s.D * tiles;
     const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
     std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
-    // Team step t handles scan step L - t: the gradient arriving from step L - t (none
-    // for t = 0), then the cotangents of step L - t - 1, or dh0 after the last.
-    Team::Run(pool, threads, items, s.L + 1, [&](int64_t item, int64_t t, int thread) {
-      const int64_t step = s.L - t, d = item / tiles, v = item % tiles;
+    // Team step k handles scan step L - k: the gradient arriving from step L - k (none
+    // for k = 0), then the cotangents of step L - k - 1, or dh0 after the last.
+    Team::Run(pool, threads, items, s.L + 1, [&](int64_t item, int64_t k, int thread) {
+      const int64_t step = s.L - k, d = item / tiles, v = item % tiles;
       float* acc = &scratch[thread * kPanel * s.N];
-      if (step < s.L) {  // dh from the step after: dgates[step] @ w_hh
-        Product(dgates + (step * s.D + d) * s.N * G, G, s.N, &panels[item * G * kPanel], G, acc);
+      if (step > 0) {  // the residuals of the step whose cotangents this item computes
+        const int64_t t = s.Time(d, step - 1);
+        for (int64_t n = 0; n < s.N; ++n)
+          for (int64_t unit = v * kPanel; unit < std::min(s.H, (v + 1) * kPanel); unit += kLanes) {
+            const int64_t row = s.Row(t, n, d);
+            for (int q = 0; q < 4; ++q) Prefetch(acts + row * G + q * s.H + unit);
+            Prefetch(cs + row * s.H + unit);
+            Prefetch(d_ys + row * s.H + unit);
+          }
+      }
+      if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
+        const float* a = dgates + s.Row(s.Time(d, step), 0, d) * G;
+        Product(a, s.D * G, s.N, &panels[item * G * kPanel], G, acc);
       } else {
         std::fill(acc, acc + kPanel * s.N, 0.0f);
       }
@@ -367,11 +402,13 @@ struct Backward {
     });
   }
 
-  // The cotangents of step `step` for 16 units of row n, from dh arriving at its output.
+  // The cotangents of scan step `step` of direction d for 16 units of row n, from dh
+  // arriving at its output.
   void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) const {
-    const int64_t G = s.G(), row = (step * s.D + d) * s.N + n, state = (d * s.N + n) * s.H + unit;
+    const int64_t G = s.G(), t = s.Time(d, step), row = s.Row(t, n, d);
+    const int64_t state = (d * s.N + n) * s.H + unit;
     float* dg = dgates + row * G + unit;
-    if (!valid[row]) {  // a frozen step: dh and dc pass through, no gate cotangents
+    if (t >= lengths[n]) {  // a frozen step: dh and dc pass through, no gate cotangents
       for (int q = 0; q < 4; ++q) Store(m, dg + q * s.H, _mm512_setzero_ps());
       Store(m, dh0 + state, dh);
       return;
@@ -380,7 +417,7 @@ struct Backward {
     const __m512 i = Load(m, a), f = Load(m, a + s.H), g = Load(m, a + 2 * s.H);
     const __m512 o = Load(m, a + 3 * s.H);
     const __m512 c = Load(m, cs + row * s.H + unit);
-    const __m512 c_prev = step > 0 ? Load(m, cs + (row - s.D * s.N) * s.H + unit)
+    const __m512 c_prev = step > 0 ? Load(m, cs + s.Row(s.Time(d, step - 1), n, d) * s.H + unit)
                                    : Load(m, c0 + state);
     const __m512 dr = _mm512_add_ps(dh, Load(m, d_ys + row * s.H + unit));
     const __m512 one = Set(1.0f), tanh_c = Tanh(c);
@@ -392,7 +429,7 @@ struct Backward {
     const __m512 dgg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
     const __m512 do_ =
         _mm512_mul_ps(_mm512_mul_ps(dr, tanh_c), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-    Store(m, dg, di);
+    Store(m, dg, di);  // dg may alias a: every gate was loaded above
     Store(m, dg + s.H, df);
     Store(m, dg + 2 * s.H, dgg);
     Store(m, dg + 3 * s.H, do_);
@@ -403,70 +440,70 @@ struct Backward {
 
 #pragma GCC pop_options
 
-Shape ShapeOf(ffi::Buffer<ffi::F32> xg) {
-  const auto dims = xg.dimensions();
+Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {  // of an (L, N, D, 4H) array
   return Shape{dims[0], dims[1], dims[2], dims[3] / 4};
 }
 
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
 template <bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xg, ffi::Buffer<ffi::F32> b,
-                       ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::PRED> valid,
-                       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> hn,
-                       ffi::ResultBuffer<ffi::F32> cn, ffi::ResultBuffer<ffi::F32> acts,
-                       ffi::ResultBuffer<ffi::F32> cs) {
-  Forward{ShapeOf(xg),        xg.typed_data(),  b.typed_data(),   w.typed_data(),
-          h0.typed_data(),    c0.typed_data(),  valid.typed_data(), ys->typed_data(),
-          hn->typed_data(),   cn->typed_data(), kSave ? acts->typed_data() : nullptr,
-          kSave ? cs->typed_data() : nullptr}
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xg, F32 b, F32 w, F32 h0, F32 c0,
+                       ffi::Buffer<ffi::S32> lengths, F32Out ys, F32Out hn, F32Out cn,
+                       F32Out acts, F32Out cs, F32Out hp) {
+  Forward{ShapeOf(xg.dimensions()),
+          xg.typed_data(),
+          b.typed_data(),
+          w.typed_data(),
+          h0.typed_data(),
+          c0.typed_data(),
+          lengths.typed_data(),
+          ys->typed_data(),
+          hn->typed_data(),
+          cn->typed_data(),
+          kSave ? acts->typed_data() : nullptr,
+          kSave ? cs->typed_data() : nullptr,
+          kSave ? hp->typed_data() : nullptr}
       .Run(pool);
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> acts,
-                        ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::PRED> valid,
-                        ffi::Buffer<ffi::F32> d_hn, ffi::Buffer<ffi::F32> d_cn,
-                        ffi::ResultBuffer<ffi::F32> dgates, ffi::ResultBuffer<ffi::F32> dh0,
-                        ffi::ResultBuffer<ffi::F32> dc0) {
-  Backward{ShapeOf(acts),        d_ys.typed_data(),  acts.typed_data(),   cs.typed_data(),
-           w.typed_data(),       c0.typed_data(),    valid.typed_data(),  d_hn.typed_data(),
-           d_cn.typed_data(),    dgates->typed_data(), dh0->typed_data(), dc0->typed_data()}
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, F32 w, F32 c0,
+                        ffi::Buffer<ffi::S32> lengths, F32 d_hn, F32 d_cn, F32Out dgates,
+                        F32Out dh0, F32Out dc0) {
+  Backward{ShapeOf(acts.dimensions()),
+           d_ys.typed_data(),
+           acts.typed_data(),
+           cs.typed_data(),
+           w.typed_data(),
+           c0.typed_data(),
+           lengths.typed_data(),
+           d_hn.typed_data(),
+           d_cn.typed_data(),
+           dgates->typed_data(),
+           dh0->typed_data(),
+           dc0->typed_data()}
       .Run(pool);
   return ffi::Error::Success();
 }
 
-#define FORWARD_BINDING                                                                       \
-  ffi::Ffi::Bind()                                                                            \
-      .Ctx<ffi::ThreadPool>()                                                                 \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                           \
-      .Arg<ffi::Buffer<ffi::PRED>>()                                                          \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                           \
-      .Ret<ffi::Buffer<ffi::F32>>()
+// The float32 arrays before the int32 lengths, then the lengths.
+#define FLOAT_ARGS_THEN_LENGTHS \
+  Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
+#define FORWARD_BINDING                                          \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().FLOAT_ARGS_THEN_LENGTHS \
+      .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, ForwardImpl<false>, FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, ForwardImpl<true>, FORWARD_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .FLOAT_ARGS_THEN_LENGTHS.Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());
 
 PyObject* Capsule(void* fn) { return PyCapsule_New(fn, nullptr, nullptr); }
 

@@ -1,25 +1,32 @@
-"""The fused CPU recurrence: jaxlstm's XLA FFI kernel (``_cpu_kernel.cc``) and when to use it.
+"""One layer in jaxlstm's fused CPU kernel (``_cpu_kernel.cc``, an XLA FFI custom call).
 
-On an x86-64 CPU with AVX-512, the recurrence of a float32 layer without projection runs
-as one custom call per direction set instead of a ``lax.scan``: each step's recurrent
-matmul keeps its gate pre-activations in registers, applies the nonlinearities, the cell
-update and the length masks there, and splits the hidden units over the CPU's cores with
-one barrier per step. Its backward pass is the same scheme over the gate cotangents. The
-results are those of :func:`jaxlstm._scan._forward` / ``_recurrence_bwd`` to float32
-rounding (its ``exp``/``tanh`` are ~1 ulp polynomials).
+On an x86-64 CPU with AVX-512, a float32 layer without projection runs its recurrence,
+both directions at once, as one custom call instead of a ``lax.scan``: each step's
+recurrent matmul keeps its gate pre-activations in registers and applies the
+nonlinearities, the cell update and the length masks there, with the hidden units shared
+out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse mode is
+the same scheme over the gate cotangents; the input projection, the input and weight
+gradients are single large matmuls in XLA. Arrays stay in time order
+``(L, N, D, ...)``, which is the layout of the layer's output: no flips, stacks or
+transposes around the loop. The results are :func:`jaxlstm._scan.scan_layer`'s to
+float32 rounding (the kernel's ``exp``/``tanh`` are ~1 ulp polynomials).
 
-Everything else (float64 and other dtypes, ``proj_size > 0``, ``matmul_dtype``, GPUs and
-TPUs, several devices, CPUs without AVX-512, an install without a C++ compiler) takes the
-pure-XLA path. ``JAXLSTM_CPU_KERNEL=0`` in the environment turns the kernel off, read at
-each call of :func:`jaxlstm.lstm` (a static argument of its compiled function).
+Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
+``matmul_dtype``, ``checkpoint_every``, GPUs and TPUs, several devices, CPUs without
+AVX-512, an install without a C++ compiler. ``JAXLSTM_CPU_KERNEL=0`` in the environment
+turns the kernel off; it is read at each call of :func:`jaxlstm.lstm` (a static argument
+of its compiled function).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxlstm._params import LayerParams
 
 Array = jax.Array
 
@@ -38,19 +45,43 @@ def available() -> bool:
     return os.environ.get("JAXLSTM_CPU_KERNEL", "1") != "0"
 
 
-def usable(xg: Array, w_hr_t: Array | None, matmul_dtype) -> bool:
-    """Whether the kernel computes the recurrence with input gates ``xg (L, D, N, 4H)``.
-
-    Called at trace time, after :func:`available` allowed the kernel for the call.
-    """
+def usable(
+    layer: tuple[LayerParams, ...], x: Array, matmul_dtype: Any, checkpoint_every: int | None
+) -> bool:
+    """Whether :func:`layer` computes this layer (at trace time, once :func:`available`)."""
     return (
-        w_hr_t is None
+        layer[0].w_hr is None
         and matmul_dtype is None
-        and xg.dtype == jnp.float32
-        and min(xg.shape) > 0
+        and (checkpoint_every is None or checkpoint_every >= x.shape[0])
+        and x.dtype == jnp.float32
+        and min(x.shape) > 0
         and jax.default_backend() == "cpu"
         and jax.device_count() == 1
     )
+
+
+def layer(
+    layer: tuple[LayerParams, ...], x: Array, h0: Array, c0: Array, lengths: Array | None
+) -> tuple[Array, Array, Array]:
+    """One layer, every direction, in the kernel; as :func:`jaxlstm._scan.scan_layer`.
+
+    Args:
+        layer: ``D`` float32 :class:`LayerParams` without projection.
+        x: ``(L, N, H_in)``, zero past each length.
+        h0, c0: ``(D, N, H)``.
+        lengths: ``(N,)`` integer valid lengths, or ``None``.
+
+    Returns:
+        ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
+    """
+    seq_len, batch, _ = x.shape
+    w_ih = jnp.concatenate([p.w_ih for p in layer])  # (D*4H, H_in)
+    b = None if layer[0].b_ih is None else jnp.stack([p.b_ih + p.b_hh for p in layer])
+    w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H, 4H)
+    if lengths is None:
+        lengths = jnp.full((batch,), seq_len, jnp.int32)
+    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32))
+    return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
 
 def _register() -> None:
@@ -61,74 +92,71 @@ def _register() -> None:
         _registered = True
 
 
-def _all_valid(valid: Array | None, shape: tuple[int, ...]) -> Array:
-    return jnp.ones(shape, bool) if valid is None else valid
-
-
-def forward(xg, b, w_hh_t, h0, c0, valid, *, save: bool):
-    """The forward loop of :func:`jaxlstm._scan._forward` in the kernel.
-
-    Args:
-        xg: ``(L, D, N, 4H)`` float32 input gates in scan order, without bias.
-        b: ``(D, 4H)`` or ``None``.
-        w_hh_t: ``(D, H, 4H)``.
-        h0, c0: ``(D, N, H)``.
-        valid: ``(L, D, N)`` bool in scan order, or ``None``.
-        save: also return the activated gates ``(L, D, N, 4H)`` and cell carries
-            ``(L, D, N, H)``.
+def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
+    """The projection, then the kernel's forward loop.
 
     Returns:
-        ``(ys (L, D, N, H), h_n, c_n)``, or with ``save`` ``(ys, acts, cs, h_n, c_n)`` (the
-        order of :func:`jaxlstm._scan._forward`).
+        ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
+        4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the hidden state each
+        step started from), each ``(L, N, D, H)``.
     """
     _register()
-    steps, dirs, batch, gates = xg.shape
-    hidden = gates // 4
+    seq_len, batch, _ = x.shape
+    dirs, hidden, gates = w_hh_t.shape
+    # (L*N, H_in) @ (H_in, D*4H): one matmul for every step and direction, in the
+    # kernel's (L, N, D, 4H) layout
+    xg = (x.reshape(seq_len * batch, -1) @ w_ih.T).reshape(seq_len, batch, dirs, gates)
+    rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
-    saved = (steps, dirs, batch) if save else (0, 0, 0)
     out = jax.ffi.ffi_call(
         "jaxlstm_lstm_forward_save" if save else "jaxlstm_lstm_forward",
         (
-            jax.ShapeDtypeStruct((steps, dirs, batch, hidden), f32),
+            jax.ShapeDtypeStruct((seq_len, batch, dirs, hidden), f32),
             state,
             state,
-            jax.ShapeDtypeStruct((*saved, gates), f32),
-            jax.ShapeDtypeStruct((*saved, hidden), f32),
+            jax.ShapeDtypeStruct((*rows, gates), f32),
+            jax.ShapeDtypeStruct((*rows, hidden), f32),
+            jax.ShapeDtypeStruct((*rows, hidden), f32),
         ),
         vmap_method="sequential",
-    )(
-        xg,
-        jnp.zeros((dirs, gates), f32) if b is None else b,
-        w_hh_t,
-        h0,
-        c0,
-        _all_valid(valid, (steps, dirs, batch)),
-    )
-    ys, h_n, c_n, acts, cs = out
-    return (ys, acts, cs, h_n, c_n) if save else (ys, h_n, c_n)
+        input_output_aliases={0: 3} if save else None,  # the activations overwrite xg
+    )(xg, jnp.zeros((dirs, gates), f32) if b is None else b, w_hh_t, h0, c0, lengths)
+    return tuple(out) if save else tuple(out[:3])
 
 
-def backward(d_ys, acts, cs, w_hh_t, c0, valid, d_hn, d_cn):
-    """The backward loop of :func:`jaxlstm._scan._recurrence_bwd` in the kernel.
+@jax.custom_vjp
+def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths):
+    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, save=False)
 
-    Args:
-        d_ys: ``(L, D, N, H)`` cotangents of the outputs, scan order.
-        acts, cs: the residuals ``(L, D, N, 4H)``, ``(L, D, N, H)`` of :func:`forward`.
-        w_hh_t: ``(D, H, 4H)``.
-        c0: ``(D, N, H)``.
-        valid: ``(L, D, N)`` bool in scan order, or ``None``.
-        d_hn, d_cn: ``(D, N, H)`` cotangents of the final states.
 
-    Returns:
-        ``(dgates (L, D, N, 4H), dh0 (D, N, H), dc0 (D, N, H))``.
-    """
-    _register()
+def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths):
+    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, save=True)
+    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh_t, c0, lengths, acts, cs, hp)
+
+
+def _layer_bwd(residuals, cotangents):
+    x, w_ih, has_bias, w_hh_t, c0, lengths, acts, cs, hp = residuals
+    d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
+    seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
-    return tuple(
-        jax.ffi.ffi_call(
-            "jaxlstm_lstm_backward",
-            (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state),
-            vmap_method="sequential",
-        )(d_ys, acts, cs, w_hh_t, c0, _all_valid(valid, acts.shape[:3]), d_hn, d_cn)
+    d_gates, dh0, dc0 = jax.ffi.ffi_call(
+        "jaxlstm_lstm_backward",
+        (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state),
+        vmap_method="sequential",
+        input_output_aliases={1: 0},  # the gate cotangents overwrite the activations
+    )(d_y, acts, cs, w_hh_t, c0, lengths, d_hn, d_cn)
+    rows = seq_len * batch
+    d_gates = d_gates.reshape(rows, dirs * gates)  # (L*N, D*4H)
+    x = x.reshape(rows, -1)  # (L*N, H_in)
+    d_x = (d_gates @ w_ih).reshape(seq_len, batch, -1)  # (L*N, D*4H) @ (D*4H, H_in)
+    d_w_ih = d_gates.T @ x  # (D*4H, L*N) @ (L*N, H_in)
+    # (D, H, 4H): per direction, (H, L*N) @ (L*N, 4H)
+    d_w_hh_t = jnp.einsum(
+        "rdh,rdg->dhg", hp.reshape(rows, dirs, -1), d_gates.reshape(rows, dirs, gates)
     )
+    d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
+    return d_x, d_w_ih, d_b, d_w_hh_t, dh0, dc0, None
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)

@@ -78,7 +78,7 @@ def scan_layer(
         checkpoint_every: ``k`` to keep only every ``k``-th state for the backward pass
             and recompute each chunk of ``k`` steps (input projection included) when it
             is needed; ``None`` keeps every step's residuals.
-        cpu_kernel: run the recurrence in jaxlstm's fused CPU kernel where it applies
+        cpu_kernel: run the layer in jaxlstm's fused CPU kernel where it applies
             (:func:`jaxlstm._kernel.usable`).
 
     Returns:
@@ -86,6 +86,8 @@ def scan_layer(
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
     seq_len, batch, _ = x.shape
+    if cpu_kernel and _kernel.usable(layer, x, matmul_dtype, checkpoint_every):
+        return _kernel.layer(layer, x, h0, c0, lengths)
     num_dirs = len(layer)
     weights = _Weights(
         w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)
@@ -99,7 +101,7 @@ def scan_layer(
     if lengths is not None:
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
         valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, num_dirs, batch)))
-    chunk = partial(_chunk, matmul_dtype=matmul_dtype, cpu_kernel=cpu_kernel)
+    chunk = partial(_chunk, matmul_dtype=matmul_dtype)
     if checkpoint_every is None or checkpoint_every >= seq_len:
         (h_n, c_n), ys = chunk(weights, (h0, c0), (xs, valid))
     else:
@@ -118,7 +120,7 @@ class _Weights(NamedTuple):
     w_hr_t: Array | None  # (D, H, P)
 
 
-def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype, cpu_kernel):
+def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype):
     """Steps of one layer in scan order, input projection included.
 
     Args:
@@ -138,7 +140,7 @@ def _chunk(weights: _Weights, carry, inputs, *, matmul_dtype, cpu_kernel):
     # (K, D, N, 4H); for D = 1 a bitcast (a stack there made XLA transpose xg twice)
     xg = xg[0][:, None] if len(xg) == 1 else jnp.stack(xg, axis=1)
     ys, h, c = _recurrence(
-        xg, weights.b, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype, cpu_kernel
+        xg, weights.b, weights.w_hh_t, weights.w_hr_t, *carry, valid, matmul_dtype
     )
     return (h, c), ys
 
@@ -231,26 +233,18 @@ def _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     return (*out, h_n, c_n) if save else (out, h_n, c_n)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, cpu_kernel):
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
-
-    With ``cpu_kernel``, runs in jaxlstm's fused CPU kernel where
-    :func:`jaxlstm._kernel.usable` says so.
 
     Returns:
         ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
     """
-    if cpu_kernel and _kernel.usable(xg, w_hr_t, matmul_dtype):
-        return _kernel.forward(xg, b, w_hh_t, h0, c0, valid, save=False)
     return _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=False)
 
 
-def _recurrence_fwd(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, cpu_kernel):
-    if cpu_kernel and _kernel.usable(xg, w_hr_t, matmul_dtype):
-        out = _kernel.forward(xg, b, w_hh_t, h0, c0, valid, save=True)
-    else:
-        out = _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
+def _recurrence_fwd(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
+    out = _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
     ys, acts, cs, h_n, c_n = out
     return (ys, h_n, c_n), (ys, acts, cs, b is not None, w_hh_t, w_hr_t, h0, c0, valid)
 
@@ -285,39 +279,13 @@ def _sum_over_steps(spec: str, a: Array, b: Array) -> Array:
     return jnp.einsum(spec, a, b, out_sharding=jax.sharding.NamedSharding(mesh, P()))
 
 
-def _recurrence_bwd(matmul_dtype, cpu_kernel, residuals, cotangents):
+def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     ys, acts, cs, has_bias, w_hh_t, w_hr_t, h0, c0, valid = residuals
     d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
+    c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
     h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
     if valid is not None:  # ...except before a sequence's first valid step, where it is h0
         h_prev = jnp.where(_shift(valid, jnp.zeros(valid.shape[1:], bool))[..., None], h_prev, h0)
-    if cpu_kernel and _kernel.usable(acts, w_hr_t, matmul_dtype):
-        dgates, dh0, dc0 = _kernel.backward(d_ys, acts, cs, w_hh_t, c0, valid, d_hn, d_cn)
-        d_r = None
-    else:
-        dgates, d_r, dh0, dc0 = _backward_loop(
-            d_ys, d_hn, d_cn, acts, cs, c0, valid, w_hh_t, w_hr_t, matmul_dtype
-        )
-    # Weight gradients: one matmul over all L*N rows each, in the state dtype even in
-    # matmul_dtype mode (exact accumulation; XLA:CPU has no bf16 x bf16 -> f32 plain dot).
-    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
-    d_w_hr_t = None
-    if w_hr_t is not None:
-        o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
-        r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
-        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, d_r)  # (D, H, P)
-    d_b = dgates.sum(axis=(0, 2)) if has_bias else None  # (D, 4H)
-    return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0, None
-
-
-def _backward_loop(d_ys, d_hn, d_cn, acts, cs, c0, valid, w_hh_t, w_hr_t, matmul_dtype):
-    """The backward loop of :func:`_recurrence` in a ``lax.scan`` (scan order, reversed).
-
-    Returns:
-        ``(dgates (L, D, N, 4H), d_r (L, D, N, P) or None, dh0, dc0)``: with a projection,
-        ``d_r`` is the cotangent of each step's projected output.
-    """
-    c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
     w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
     w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
     w_hh, w_hr = _cast((w_hh, w_hr), matmul_dtype)
@@ -339,9 +307,17 @@ def _backward_loop(d_ys, d_hn, d_cn, acts, cs, c0, valid, w_hh_t, w_hr_t, matmul
 
     inputs = (d_ys, acts, cs, c_prev, valid)
     (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
-    if w_hr is None:
-        return out, None, dh0, dc0  # (L, D, N, 4H)
-    return (*out, dh0, dc0)  # gate and projection-output cotangents
+    dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
+    # Weight gradients: one matmul over all L*N rows each, in the state dtype even in
+    # matmul_dtype mode (exact accumulation; XLA:CPU has no bf16 x bf16 -> f32 plain dot).
+    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
+    d_w_hr_t = None
+    if w_hr is not None:
+        o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
+        r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
+        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
+    d_b = dgates.sum(axis=(0, 2)) if has_bias else None  # (D, 4H)
+    return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -1,0 +1,228 @@
+"""jaxlstm's fused CPU kernel (``jaxlstm/_kernel.py``, ``jaxlstm/_cpu_kernel.cc``).
+
+The kernel runs every float32 layer without projection on x86-64 CPUs with AVX-512 (the
+machines CI runs on), so the float32 tests elsewhere already go through it at their tiny
+sizes. Here: sizes that reach its other code paths (two threads, batch rows beyond a
+register tile, hidden sizes that leave partial 16- and 64-unit tiles, one sequence,
+both directions, several layers), judged against PyTorch in float64 and against the
+``lax.scan`` path; which calls take it; transforms and concurrent calls.
+"""
+
+import os
+import pathlib
+import platform
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxlstm as jl
+from jaxlstm import _kernel
+
+# (L, N, H_in, H, num_layers, bidirectional, bias)
+CONFIGS = {
+    "two-threads": (9, 32, 16, 256, 1, False, True),
+    "partial-tiles-bidirectional": (7, 13, 5, 70, 2, True, True),
+    "one-sequence-no-bias": (12, 1, 3, 20, 1, True, False),
+    "rows-tail-two-layers": (6, 7, 33, 128, 2, False, True),
+}
+
+
+def _cpu_flags() -> set[str]:
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.exists():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _inputs(config, seed=0):
+    seq_len, batch, input_size, hidden, layers, bidirectional, bias = config
+    params = jl.init_params(
+        jax.random.key(seed),
+        input_size,
+        hidden,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        bias=bias,
+    )
+    rng = np.random.default_rng(seed)
+    dirs = 2 if bidirectional else 1
+    x = rng.standard_normal((seq_len, batch, input_size)).astype(np.float32)
+    h0, c0 = (
+        0.5 * rng.standard_normal((layers * dirs, batch, hidden)).astype(np.float32)
+        for _ in range(2)
+    )
+    y_cot = rng.standard_normal((seq_len, batch, dirs * hidden)).astype(np.float32)
+    state_cot = rng.standard_normal((2, layers * dirs, batch, hidden)).astype(np.float32)
+    lengths = rng.integers(1, seq_len + 1, batch)
+    lengths[0] = seq_len  # PyTorch's packed output keeps the full length
+    return params, x, (h0, c0), (y_cot, state_cot), lengths
+
+
+def _loss(params, x, hx, cotangents, lengths):
+    y, (h_n, c_n) = jl.lstm(params, x, hx, lengths=lengths)
+    y_cot, state_cot = cotangents
+    return jnp.sum(y * y_cot) + jnp.sum(h_n * state_cot[0]) + jnp.sum(c_n * state_cot[1])
+
+
+_value_and_grad = jax.jit(jax.value_and_grad(_loss, argnums=(0, 1, 2)))
+
+
+def _torch_float64(params, x, hx, cotangents, lengths):
+    """The loss and its gradients from ``torch.nn.LSTM`` in float64, packed by lengths."""
+    layers = len(params)
+    module = torch.nn.LSTM(
+        x.shape[-1],
+        params[0][0].w_hh.shape[1],
+        num_layers=layers,
+        bidirectional=len(params[0]) == 2,
+        bias=params[0][0].b_ih is not None,
+    ).double()
+    module.load_state_dict(
+        {
+            k: torch.from_numpy(np.asarray(v, np.float64))
+            for k, v in jl.params_to_torch(params).items()
+        }
+    )
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    th = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in hx]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        tx, torch.tensor(lengths), enforce_sorted=False
+    )
+    out, (h_n, c_n) = module(packed, tuple(th))
+    y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+    y_cot, state_cot = (torch.tensor(c, dtype=torch.float64) for c in cotangents)
+    loss = (y * y_cot).sum() + (h_n * state_cot[0]).sum() + (c_n * state_cot[1]).sum()
+    loss.backward()
+    grads = {name: p.grad.numpy() for name, p in module.named_parameters()}
+    return loss.item(), grads, tx.grad.numpy(), [t.grad.numpy() for t in th]
+
+
+def test_kernel_is_built_and_used_where_the_cpu_has_avx512():
+    """On an x86-64 CPU with AVX-512F/DQ (CI's machines) the extension is built and on."""
+    flags = _cpu_flags()
+    expected = {"avx512f", "avx512dq", "fma"} <= flags
+    assert _kernel.available() == expected, (
+        sorted(flags & {"avx512f", "avx512dq"}),
+        _kernel._extension,
+    )
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_kernel_matches_torch_float64(name):
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name])
+    loss, (d_params, d_x, d_hx) = _value_and_grad(params, x, hx, cotangents, lengths)
+    want_loss, want_params, want_x, want_hx = _torch_float64(params, x, hx, cotangents, lengths)
+    scale = 1 + abs(want_loss)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=2e-5, atol=2e-5 * scale)
+    for key, value in jl.params_to_torch(d_params).items():
+        np.testing.assert_allclose(value, want_params[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(d_x, want_x, rtol=1e-4, atol=1e-4, err_msg="input")
+    for i, (got, want) in enumerate(zip(d_hx, want_hx, strict=True)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"hx[{i}]")
+
+
+def _outputs_and_grads(params, x, hx, cotangents, lengths):
+    outputs = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n))(params, x, hx, lengths)
+    return outputs, _value_and_grad(params, x, hx, cotangents, lengths)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_kernel_matches_the_scan_path(name, monkeypatch):
+    """Zero lengths too (which PyTorch's packing refuses): the kernel and the ``lax.scan``
+    path agree to float32 rounding on outputs, final states and gradients."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=1)
+    lengths[-1] = 0
+    x[:, -1] = 0  # padding of the empty sequence
+    kernel = _outputs_and_grads(params, x, hx, cotangents, lengths)
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
+    scan = _outputs_and_grads(params, x, hx, cotangents, lengths)
+    for got, want in zip(jax.tree.leaves(kernel), jax.tree.leaves(scan), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def _lowers_to_kernel(fn, *args, **kwargs) -> bool:
+    text = jax.jit(fn, static_argnames=tuple(kwargs)).lower(*args, **kwargs).as_text()
+    return "jaxlstm_lstm_forward" in text
+
+
+def test_which_calls_take_the_kernel(monkeypatch):
+    params = jl.init_params(jax.random.key(0), 3, 8)
+    x = jnp.ones((5, 2, 3))
+    on = _kernel.available()
+    assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x) == on
+    assert (
+        _lowers_to_kernel(lambda p, x: jax.grad(lambda p: jl.lstm(p, x)[0].sum())(p), params, x)
+        == on
+    )
+    projected = jl.init_params(jax.random.key(0), 3, 8, proj_size=4)
+    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), projected, x)
+    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x)
+    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=2), params, x)
+    assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=5), params, x) == on
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params64, x.astype(jnp.float64))
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
+    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x)
+
+
+def test_vmap_over_params_runs_each_member():
+    """``vmap`` over an ensemble of parameters runs the kernel once per member."""
+    members = [jl.init_params(jax.random.key(i), 4, 20, bidirectional=True) for i in range(3)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    x = jax.random.normal(jax.random.key(9), (6, 5, 4))
+    lengths = jnp.array([6, 1, 0, 4, 5])
+    f = lambda p: jl.lstm(p, x, lengths=lengths)  # noqa: E731
+    batched = jax.jit(jax.vmap(f))(stacked)
+    for i, member in enumerate(members):
+        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(f(member)), strict=True):
+            np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-6)
+
+
+def test_concurrent_calls_agree_with_serial_ones():
+    """Independent kernel calls in one program and from several Python threads at once
+    (each sharing XLA's intra-op threads) give the results of serial calls."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS["two-threads"], seed=2)
+    other = jl.init_params(jax.random.key(5), x.shape[-1], 256)
+
+    @jax.jit
+    def both(x):
+        return jl.lstm(params, x, hx, lengths=lengths)[0], jl.lstm(other, x[::-1])[0]
+
+    serial = (jl.lstm(params, x, hx, lengths=lengths)[0], jl.lstm(other, x[::-1])[0])
+    for got, want in zip(both(x), serial, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    results = [None] * 4
+    expected = [_value_and_grad(params, x * (i + 1), hx, cotangents, lengths) for i in range(4)]
+
+    def work(i):
+        results[i] = _value_and_grad(params, x * (i + 1), hx, cotangents, lengths)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected, strict=True):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_switch_is_read_at_each_call(monkeypatch):
+    """``JAXLSTM_CPU_KERNEL`` is a static argument: flipping it recompiles, never reuses."""
+    params = jl.init_params(jax.random.key(0), 3, 8)
+    x = jnp.ones((5, 2, 3))
+    first = jl.lstm(params, x)[0]
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
+    assert not _kernel.available()
+    np.testing.assert_allclose(jl.lstm(params, x)[0], first, rtol=1e-6, atol=1e-6)
+    monkeypatch.delenv("JAXLSTM_CPU_KERNEL")
+    assert _kernel.available() == bool(_kernel._extension and _kernel._extension.supported())
+    assert os.environ.get("JAXLSTM_CPU_KERNEL") is None
