@@ -1,19 +1,19 @@
 // The fused LSTM recurrence for x86-64 CPUs with AVX-512: XLA FFI custom calls.
 //
-// What they compute is the loop of jaxlstm._scan.scan_layer and its reverse mode
-// (float32, no projection, every direction of a layer at once): each step's recurrent
-// matmul with the gate nonlinearities, the cell update and the length masks done on the
+// What they compute is jaxlstm._scan.scan_layer and the loop of its reverse mode
+// (float32, no projection, every direction of a layer at once): each step's gate matmul
+// [x_t | h] @ [w_ih | w_hh]^T with the gate nonlinearities, the cell update and the length masks done on the
 // matmul's accumulators while they are in registers, the hidden units shared out over the
 // calling thread and XLA's intra-op threads, the steps in order. jaxlstm/_kernel.py holds
-// the rest of the layer (projection, weight gradients) and the contract.
+// the rest of the layer (input and weight gradients) and the contract.
 //
 // Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
 // direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
 // leave the state unchanged and output zeros):
-//   forward  in : xg (L,N,D,G) input gates without bias, b (D,G), w (D,H,G) = w_hh^T,
+//   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w (D,H,G) = w_hh^T,
 //                 h0 (D,N,H), c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
-//                 empty) acts (L,N,D,G) activated gates (may alias xg), cs (L,N,D,H) cell
+//                 empty) acts (L,N,D,G) activated gates, cs (L,N,D,H) cell
 //                 states after each step, hp (L,N,D,H) hidden states before each step
 //   backward in : d_ys (L,N,D,H), acts, cs, w, c0, lengths, d_hn (D,N,H), d_cn (D,N,H)
 //            out: dgates (L,N,D,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
@@ -207,25 +207,30 @@ inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, boo
     for (int q = 0; q < 4; ++q) _mm512_storeu_ps(acc + kPanel * r + kLanes * q, c[r][q]);
 }
 
-// acc[64 n + 16 q + lane] = sum_k a[n * lda + k] * panel[k * 64 + 16 q + lane] for all `rows` rows of
+// acc[64 n + 16 q + lane] (+)= sum_k a[n * lda + k] * panel[k * 64 + 16 q + lane] for all `rows` rows of
 // a, the panel taken kDepth rows at a time so that its block stays in the L1 cache while
 // every row tile passes over it.
 inline void Product(const float* a, int64_t lda, int64_t rows, const float* panel, int64_t k,
-                    float* acc) {
+                    bool add, float* acc) {
   constexpr int64_t kDepth = 128;
   for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
     const int64_t depth = std::min(kDepth, k - k0);
     const float* block = panel + k0 * kPanel;
-    for (int64_t n0 = 0; n0 < rows; n0 += kRows) {
+    // Row tiles of as equal sizes as kRows allows (32 rows: 6 6 5 5 5 5, not 6 x 5 + 2).
+    const int64_t tiles = (rows + kRows - 1) / kRows;
+    for (int64_t tile = 0, n0 = 0; tile < tiles; ++tile) {
+      const int64_t height = rows / tiles + (tile < rows % tiles ? 1 : 0);
       const float* a0 = a + n0 * lda + k0;
       float* c = acc + kPanel * n0;
-      switch (std::min<int64_t>(kRows, rows - n0)) {
-        case 1: Gemm<1>(a0, lda, block, depth, k0 > 0, c); break;
-        case 2: Gemm<2>(a0, lda, block, depth, k0 > 0, c); break;
-        case 3: Gemm<3>(a0, lda, block, depth, k0 > 0, c); break;
-        case 4: Gemm<4>(a0, lda, block, depth, k0 > 0, c); break;
-        case 5: Gemm<5>(a0, lda, block, depth, k0 > 0, c); break;
-        default: Gemm<6>(a0, lda, block, depth, k0 > 0, c); break;
+      n0 += height;
+      const bool more = add || k0 > 0;
+      switch (height) {
+        case 1: Gemm<1>(a0, lda, block, depth, more, c); break;
+        case 2: Gemm<2>(a0, lda, block, depth, more, c); break;
+        case 3: Gemm<3>(a0, lda, block, depth, more, c); break;
+        case 4: Gemm<4>(a0, lda, block, depth, more, c); break;
+        case 5: Gemm<5>(a0, lda, block, depth, more, c); break;
+        default: Gemm<6>(a0, lda, block, depth, more, c); break;
       }
     }
   }
@@ -236,8 +241,8 @@ inline __mmask16 UnitMask(int64_t first, int64_t hidden) {
   return static_cast<__mmask16>((1u << n) - 1u);
 }
 
-// Asks for the cache line holding p now: the epilogues' inputs (input gates, residuals)
-// come from memory and are fetched while the item's matmul runs.
+// Asks for the cache line holding p now: the backward epilogues' inputs (residuals) come
+// from memory and are fetched while the item's matmul runs.
 inline void Prefetch(const float* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
 }
@@ -246,7 +251,7 @@ inline __m512 Load(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m
 inline void Store(__mmask16 m, float* p, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
 
 struct Shape {
-  int64_t L, N, D, H;
+  int64_t L, N, D, H, I;  // I: input size
   int64_t G() const { return 4 * H; }
   // Time step of direction d at scan step `step` (the reverse direction runs backwards).
   int64_t Time(int64_t d, int64_t step) const { return d == 0 ? step : L - 1 - step; }
@@ -254,19 +259,22 @@ struct Shape {
   int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
 };
 
-// Forward panels: for direction d and 16-unit tile u, panel[k][gate][lane] =
-// w[d][k][gate * H + 16 u + lane] (zero past H): one tile's four gates side by side.
-std::vector<float> PackForward(const Shape& s, const float* w) {
-  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
-  std::vector<float> packed(s.D * tiles * s.H * kPanel, 0.0f);
+// Forward panels: for direction d and 16-unit tile u, the I + H rows k of one tile's
+// four gates side by side, panel[k][gate][lane] = W[d][gate * H + 16 u + lane][k] for
+// W = [w_ih | w_hh] (zero past H): first w_ih (D*G, I), then w_hh from w (D, H, G) = w_hh^T.
+std::vector<float> PackForward(const Shape& s, const float* w_ih, const float* w) {
+  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), K = s.I + s.H;
+  std::vector<float> packed(s.D * tiles * K * kPanel, 0.0f);
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t u = 0; u < tiles; ++u)
-      for (int64_t k = 0; k < s.H; ++k) {
-        float* dst = &packed[((d * tiles + u) * s.H + k) * kPanel];
-        const float* src = w + (d * s.H + k) * G;
+      for (int64_t k = 0; k < K; ++k) {
+        float* dst = &packed[((d * tiles + u) * K + k) * kPanel];
         for (int gate = 0; gate < 4; ++gate)
-          for (int64_t j = 0; j < kLanes && u * kLanes + j < s.H; ++j)
-            dst[gate * kLanes + j] = src[gate * s.H + u * kLanes + j];
+          for (int64_t j = 0; j < kLanes && u * kLanes + j < s.H; ++j) {
+            const int64_t g = gate * s.H + u * kLanes + j;
+            dst[gate * kLanes + j] = k < s.I ? w_ih[(d * G + g) * s.I + k]
+                                             : w[(d * s.H + k - s.I) * G + g];
+          }
       }
   return packed;
 }
@@ -288,19 +296,20 @@ std::vector<float> PackBackward(const Shape& s, const float* w) {
 
 struct Forward {
   Shape s;
-  const float *xg, *b, *w, *h0, *c0;
+  const float *x, *w_ih, *b, *w, *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
-  float *acts, *cs, *hp;  // residuals (nullptr when not saved); acts may alias xg
+  float *acts, *cs, *hp;  // residuals (nullptr when not saved)
 
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
-    const std::vector<float> panels = PackForward(s, w);
+    const std::vector<float> panels = PackForward(s, w_ih, w);
     std::vector<float> h(2 * DNH);  // ping-pong (D, N, H) states: a step reads one, writes other
     std::copy(h0, h0 + DNH, h.begin());
     std::copy(c0, c0 + DNH, cn);  // the cell state lives in c_n
     const int64_t items = s.D * tiles;
-    const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
+    const int64_t K = s.I + s.H;
+    const int threads = ThreadsFor(items, 2.0 * s.N * K * G * s.D);
     std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
     Team::Run(pool, threads, items, s.L, [&](int64_t item, int64_t step, int thread) {
       float* acc = &scratch[thread * kPanel * s.N];
@@ -309,9 +318,10 @@ struct Forward {
       const int64_t d = item / tiles, unit = item % tiles * kLanes;
       const __mmask16 m = UnitMask(unit, s.H);
       const int64_t t = s.Time(d, step);
-      for (int64_t n = 0; n < s.N; ++n)
-        for (int q = 0; q < 4; ++q) Prefetch(xg + s.Row(t, n, d) * G + q * s.H + unit);
-      Product(h_in + d * s.N * s.H, s.H, s.N, &panels[item * s.H * kPanel], s.H, acc);
+      const float* panel = &panels[item * K * kPanel];
+      // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
+      Product(x + t * s.N * s.I, s.I, s.N, panel, s.I, false, acc);
+      Product(h_in + d * s.N * s.H, s.H, s.N, panel + s.I * kPanel, s.H, true, acc);
       for (int64_t n = 0; n < s.N; ++n)
         Epilogue(t, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
     });
@@ -319,16 +329,14 @@ struct Forward {
     std::copy(h_last, h_last + DNH, hn);
   }
 
-  // Time t of direction d for 16 units of row n, from the recurrent part of its gates.
+  // Time t of direction d for 16 units of row n, from its gates' matmul part.
   void Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
                 const float* h_in, float* h_out) const {
     const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
-    const float* x = xg + row * G + unit;
     const float* bias = b + d * G + unit;
     __m512 a[4];
     for (int q = 0; q < 4; ++q)
-      a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q),
-                           _mm512_add_ps(Load(m, x + q * s.H), Load(m, bias + q * s.H)));
+      a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q), Load(m, bias + q * s.H));
     a[0] = Sigmoid(a[0]);
     a[1] = Sigmoid(a[1]);
     a[2] = Tanh(a[2]);
@@ -381,7 +389,7 @@ struct Backward {
       }
       if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
         const float* a = dgates + s.Row(s.Time(d, step), 0, d) * G;
-        Product(a, s.D * G, s.N, &panels[item * G * kPanel], G, acc);
+        Product(a, s.D * G, s.N, &panels[item * G * kPanel], G, false, acc);
       } else {
         std::fill(acc, acc + kPanel * s.N, 0.0f);
       }
@@ -440,19 +448,22 @@ struct Backward {
 
 #pragma GCC pop_options
 
-Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {  // of an (L, N, D, 4H) array
-  return Shape{dims[0], dims[1], dims[2], dims[3] / 4};
+// From the (L, N, D, 4H) activations (the backward pass needs no input size).
+Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {
+  return Shape{dims[0], dims[1], dims[2], dims[3] / 4, 0};
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 template <bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xg, F32 b, F32 w, F32 h0, F32 c0,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 w_ih, F32 b, F32 w, F32 h0, F32 c0,
                        ffi::Buffer<ffi::S32> lengths, F32Out ys, F32Out hn, F32Out cn,
                        F32Out acts, F32Out cs, F32Out hp) {
-  Forward{ShapeOf(xg.dimensions()),
-          xg.typed_data(),
+  const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, N, I), (D, N, H)
+  Forward{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]},
+          x.typed_data(),
+          w_ih.typed_data(),
           b.typed_data(),
           w.typed_data(),
           h0.typed_data(),
@@ -490,8 +501,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, F32 w,
 // The float32 arrays before the int32 lengths, then the lengths.
 #define FLOAT_ARGS_THEN_LENGTHS \
   Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
-#define FORWARD_BINDING                                          \
-  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().FLOAT_ARGS_THEN_LENGTHS \
+#define FORWARD_BINDING                                                      \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().FLOAT_ARGS_THEN_LENGTHS \
       .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, ForwardImpl<false>, FORWARD_BINDING);

@@ -1,15 +1,16 @@
 """One layer in jaxlstm's fused CPU kernel (``_cpu_kernel.cc``, an XLA FFI custom call).
 
-On an x86-64 CPU with AVX-512, a float32 layer without projection runs its recurrence,
-both directions at once, as one custom call instead of a ``lax.scan``: each step's
-recurrent matmul keeps its gate pre-activations in registers and applies the
-nonlinearities, the cell update and the length masks there, with the hidden units shared
-out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse mode is
-the same scheme over the gate cotangents; the input projection, the input and weight
-gradients are single large matmuls in XLA. Arrays stay in time order
-``(L, N, D, ...)``, which is the layout of the layer's output: no flips, stacks or
-transposes around the loop. The results are :func:`jaxlstm._scan.scan_layer`'s to
-float32 rounding (the kernel's ``exp``/``tanh`` are ~1 ulp polynomials).
+On an x86-64 CPU with AVX-512, a float32 layer without projection runs as one custom
+call, both directions at once, instead of a ``lax.scan``. Each step's gate matmul
+``[x_t | h] @ [w_ih | w_hh]^T`` (the input projection included: no ``(L, N, 4H)`` array of
+input gates is written and read back) keeps its results in registers and applies the
+nonlinearities, the cell update and the length masks there, with the hidden units
+shared out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse
+mode is the same scheme over the gate cotangents; the input and weight gradients are
+single large matmuls in XLA. Arrays stay in time order ``(L, N, D, ...)``, the layout of
+the layer's output: no flips, stacks or transposes around the loop. The results are
+:func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
+~1 ulp polynomials).
 
 Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
 ``matmul_dtype``, ``checkpoint_every``, GPUs and TPUs, several devices, CPUs without
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxlstm._params import LayerParams
 
@@ -93,7 +95,7 @@ def _register() -> None:
 
 
 def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
-    """The projection, then the kernel's forward loop.
+    """The kernel's forward loop, input projection included.
 
     Returns:
         ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
@@ -103,9 +105,6 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
     _register()
     seq_len, batch, _ = x.shape
     dirs, hidden, gates = w_hh_t.shape
-    # (L*N, H_in) @ (H_in, D*4H): one matmul for every step and direction, in the
-    # kernel's (L, N, D, 4H) layout
-    xg = (x.reshape(seq_len * batch, -1) @ w_ih.T).reshape(seq_len, batch, dirs, gates)
     rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
@@ -120,8 +119,7 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
             jax.ShapeDtypeStruct((*rows, hidden), f32),
         ),
         vmap_method="sequential",
-        input_output_aliases={0: 3} if save else None,  # the activations overwrite xg
-    )(xg, jnp.zeros((dirs, gates), f32) if b is None else b, w_hh_t, h0, c0, lengths)
+    )(x, w_ih, jnp.zeros((dirs, gates), f32) if b is None else b, w_hh_t, h0, c0, lengths)
     return tuple(out) if save else tuple(out[:3])
 
 
@@ -148,12 +146,18 @@ def _layer_bwd(residuals, cotangents):
     )(d_y, acts, cs, w_hh_t, c0, lengths, d_hn, d_cn)
     rows = seq_len * batch
     d_gates = d_gates.reshape(rows, dirs * gates)  # (L*N, D*4H)
-    x = x.reshape(rows, -1)  # (L*N, H_in)
     d_x = (d_gates @ w_ih).reshape(seq_len, batch, -1)  # (L*N, D*4H) @ (D*4H, H_in)
-    d_w_ih = d_gates.T @ x  # (D*4H, L*N) @ (L*N, H_in)
-    # (D, H, 4H): per direction, (H, L*N) @ (L*N, 4H)
-    d_w_hh_t = jnp.einsum(
-        "rdh,rdg->dhg", hp.reshape(rows, dirs, -1), d_gates.reshape(rows, dirs, gates)
+    # The weight gradients contract the L*N rows. XLA:CPU runs a product whose operands
+    # both contract their leading axis as a plain (Eigen) dot that spends most of its time
+    # packing. As (small operand transposed into a buffer of its own) @ (gate cotangents),
+    # each is a fast row-major matmul; the barriers stop XLA from folding the transposes
+    # (of the operand, and of the result into the weights' layout) back into the dot.
+    x_t = lax.optimization_barrier(x.reshape(rows, -1).T)  # (H_in, L*N)
+    d_w_ih = lax.optimization_barrier(x_t @ d_gates).T  # (H_in, D*4H).T -> (D*4H, H_in)
+    hp_t = lax.optimization_barrier(jnp.moveaxis(hp.reshape(rows, dirs, -1), 0, -1))
+    # (D, H, L*N) @ (D, L*N, 4H) -> (D, H, 4H)
+    d_w_hh_t = lax.optimization_barrier(
+        jnp.einsum("dhr,rdg->dhg", hp_t, d_gates.reshape(rows, dirs, gates))
     )
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh_t, dh0, dc0, None
