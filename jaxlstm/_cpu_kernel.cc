@@ -179,32 +179,48 @@ inline __m512 Tanh(__m512 x) {
 }
 
 // acc[64 r + 16 q + lane] (+)= sum_k a[r * lda + k] * panel[k * 64 + 16 q + lane], for R rows of a.
-// The sums are kept in local registers (acc may alias memory the loop reads).
+// The sums are kept in local registers (acc may alias memory the loop reads). One or two
+// rows give too few independent sums to hide the FMA latency; they get two banks of sums,
+// over even and odd k.
 template <int R>
 inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, bool add,
                  float* acc) {
-  __m512 c[R][4];
+  constexpr int kBanks = R <= 2 ? 2 : 1;
+  __m512 c[kBanks][R][4];
+#pragma GCC unroll 2
+  for (int bank = 0; bank < kBanks; ++bank)
 #pragma GCC unroll 6
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) c[r][q] = add ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q) : _mm512_setzero_ps();
-  for (int64_t p = 0; p < k; ++p) {
+      for (int q = 0; q < 4; ++q)
+        c[bank][r][q] = add && bank == 0 ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q)
+                                         : _mm512_setzero_ps();
+  auto step = [&](int64_t p, __m512 (&sums)[R][4]) {
     const float* row = panel + p * kPanel;
     const __m512 b0 = _mm512_loadu_ps(row), b1 = _mm512_loadu_ps(row + 16);
     const __m512 b2 = _mm512_loadu_ps(row + 32), b3 = _mm512_loadu_ps(row + 48);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m512 av = _mm512_set1_ps(a[r * lda + p]);
-      c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
-      c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
-      c[r][2] = _mm512_fmadd_ps(av, b2, c[r][2]);
-      c[r][3] = _mm512_fmadd_ps(av, b3, c[r][3]);
+      sums[r][0] = _mm512_fmadd_ps(av, b0, sums[r][0]);
+      sums[r][1] = _mm512_fmadd_ps(av, b1, sums[r][1]);
+      sums[r][2] = _mm512_fmadd_ps(av, b2, sums[r][2]);
+      sums[r][3] = _mm512_fmadd_ps(av, b3, sums[r][3]);
     }
-  }
+  };
+  int64_t p = 0;
+  for (; p + kBanks <= k; p += kBanks)
+#pragma GCC unroll 2
+    for (int bank = 0; bank < kBanks; ++bank) step(p + bank, c[bank]);
+  for (; p < k; ++p) step(p, c[0]);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(acc + kPanel * r + kLanes * q, c[r][q]);
+    for (int q = 0; q < 4; ++q) {
+      __m512 sum = c[0][r][q];
+      for (int bank = 1; bank < kBanks; ++bank) sum = _mm512_add_ps(sum, c[bank][r][q]);
+      _mm512_storeu_ps(acc + kPanel * r + kLanes * q, sum);
+    }
 }
 
 // acc[64 n + 16 q + lane] (+)= sum_k a[n * lda + k] * panel[k * 64 + 16 q + lane] for all `rows` rows of
@@ -265,17 +281,22 @@ struct Shape {
 std::vector<float> PackForward(const Shape& s, const float* w_ih, const float* w) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), K = s.I + s.H;
   std::vector<float> packed(s.D * tiles * K * kPanel, 0.0f);
-  for (int64_t d = 0; d < s.D; ++d)
-    for (int64_t u = 0; u < tiles; ++u)
-      for (int64_t k = 0; k < K; ++k) {
-        float* dst = &packed[((d * tiles + u) * K + k) * kPanel];
-        for (int gate = 0; gate < 4; ++gate)
-          for (int64_t j = 0; j < kLanes && u * kLanes + j < s.H; ++j) {
-            const int64_t g = gate * s.H + u * kLanes + j;
-            dst[gate * kLanes + j] = k < s.I ? w_ih[(d * G + g) * s.I + k]
-                                             : w[(d * s.H + k - s.I) * G + g];
-          }
-      }
+  auto at = [&](int64_t d, int64_t u, int64_t k, int64_t gate) {
+    return &packed[((d * tiles + u) * K + k) * kPanel + gate * kLanes];
+  };
+  for (int64_t d = 0; d < s.D; ++d) {
+    for (int64_t g = 0; g < G; ++g) {  // w_ih rows, read along k
+      const int64_t gate = g / s.H, unit = g % s.H;
+      const float* src = w_ih + (d * G + g) * s.I;
+      for (int64_t k = 0; k < s.I; ++k) at(d, unit / kLanes, k, gate)[unit % kLanes] = src[k];
+    }
+    for (int64_t k = 0; k < s.H; ++k)  // w rows (w_hh^T), 16 units at a time
+      for (int gate = 0; gate < 4; ++gate)
+        for (int64_t u = 0; u < tiles; ++u) {
+          const float* src = w + (d * s.H + k) * G + gate * s.H + u * kLanes;
+          std::copy(src, src + std::min<int64_t>(kLanes, s.H - u * kLanes), at(d, u, s.I + k, gate));
+        }
+  }
   return packed;
 }
 
