@@ -27,6 +27,8 @@
 #include <atomic>
 #include <memory>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <thread>
 #include <vector>
 
@@ -134,7 +136,7 @@ int ThreadsFor(int64_t items, double flops_per_step) {
 }
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,fma")
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")
 
 inline __m512 Set(float v) { return _mm512_set1_ps(v); }
 
@@ -178,14 +180,34 @@ inline __m512 Tanh(__m512 x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, Set(0.625f), _CMP_LT_OQ), large, small);
 }
 
-// acc[64 r + 16 q + lane] (+)= sum_k a[r * lda + k] * panel[k * 64 + 16 q + lane], for R rows of a.
-// The sums are kept in local registers (acc may alias memory the loop reads). One or two
-// rows give too few independent sums to hide the FMA latency; they get two banks of sums,
-// over even and odd k.
-template <int R>
-inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, bool add,
-                 float* acc) {
+// The matmul operands: float32, or bfloat16 (bits) multiplied in pairs along k by
+// AVX512_BF16's dot product into float32 sums. A panel row holds kPack<M> values of k for
+// each of its 64 columns, adjacent: panel[(k / kPack) * 64 * kPack + col * kPack + k % kPack].
+struct Bf16 {
+  uint16_t bits;
+};
+template <typename M>
+constexpr int64_t kPack = sizeof(float) / sizeof(M);
+
+// sums += a (the k-pair or value at a, broadcast) * b (one 16-column row of a panel).
+inline __m512 Mac(__m512 sums, const float* a, const float* b) {
+  return _mm512_fmadd_ps(_mm512_set1_ps(*a), _mm512_loadu_ps(b), sums);
+}
+inline __m512 Mac(__m512 sums, const Bf16* a, const Bf16* b) {
+  int32_t pair;
+  std::memcpy(&pair, a, sizeof(pair));
+  return _mm512_dpbf16_ps(sums, (__m512bh)_mm512_set1_epi32(pair),
+                          (__m512bh)_mm512_loadu_si512(b));
+}
+
+// acc[64 r + 16 q + lane] (+)= sum_k a[r * lda + k] * W[k][16 q + lane] for R rows of a,
+// W a panel of `rows` packed rows. The sums are kept in local registers (acc may alias
+// memory the loop reads). One or two rows give too few independent sums to hide the
+// multiply-add latency; they get two banks of sums, over even and odd packed rows.
+template <int R, typename M>
+inline void Gemm(const M* a, int64_t lda, const M* panel, int64_t rows, bool add, float* acc) {
   constexpr int kBanks = R <= 2 ? 2 : 1;
+  constexpr int64_t kRow = kPanel * kPack<M>, kQ = kLanes * kPack<M>;
   __m512 c[kBanks][R][4];
 #pragma GCC unroll 2
   for (int bank = 0; bank < kBanks; ++bank)
@@ -196,23 +218,19 @@ inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, boo
         c[bank][r][q] = add && bank == 0 ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q)
                                          : _mm512_setzero_ps();
   auto step = [&](int64_t p, __m512 (&sums)[R][4]) {
-    const float* row = panel + p * kPanel;
-    const __m512 b0 = _mm512_loadu_ps(row), b1 = _mm512_loadu_ps(row + 16);
-    const __m512 b2 = _mm512_loadu_ps(row + 32), b3 = _mm512_loadu_ps(row + 48);
+    const M* row = panel + p * kRow;
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + p]);
-      sums[r][0] = _mm512_fmadd_ps(av, b0, sums[r][0]);
-      sums[r][1] = _mm512_fmadd_ps(av, b1, sums[r][1]);
-      sums[r][2] = _mm512_fmadd_ps(av, b2, sums[r][2]);
-      sums[r][3] = _mm512_fmadd_ps(av, b3, sums[r][3]);
+      const M* ar = a + r * lda + p * kPack<M>;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) sums[r][q] = Mac(sums[r][q], ar, row + q * kQ);
     }
   };
   int64_t p = 0;
-  for (; p + kBanks <= k; p += kBanks)
+  for (; p + kBanks <= rows; p += kBanks)
 #pragma GCC unroll 2
     for (int bank = 0; bank < kBanks; ++bank) step(p + bank, c[bank]);
-  for (; p < k; ++p) step(p, c[0]);
+  for (; p < rows; ++p) step(p, c[0]);
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -223,23 +241,25 @@ inline void Gemm(const float* a, int64_t lda, const float* panel, int64_t k, boo
     }
 }
 
-// acc[64 n + 16 q + lane] (+)= sum_k a[n * lda + k] * panel[k * 64 + 16 q + lane] for all `rows` rows of
-// a, the panel taken kDepth rows at a time so that its block stays in the L1 cache while
-// every row tile passes over it.
-inline void Product(const float* a, int64_t lda, int64_t rows, const float* panel, int64_t k,
-                    bool add, float* acc) {
+// acc[64 n + 16 q + lane] (+)= sum_k a[n * lda + k] * W[k][16 q + lane] for all `rows`
+// rows of a, over the `k` values (a multiple of kPack) of a panel, taken kDepth packed
+// rows at a time so that its block stays in the L1 cache while every row tile passes.
+template <typename M>
+inline void Product(const M* a, int64_t lda, int64_t rows, const M* panel, int64_t k, bool add,
+                    float* acc) {
   constexpr int64_t kDepth = 128;
-  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
-    const int64_t depth = std::min(kDepth, k - k0);
-    const float* block = panel + k0 * kPanel;
+  const int64_t packed = k / kPack<M>;
+  for (int64_t p0 = 0; p0 < packed; p0 += kDepth) {
+    const int64_t depth = std::min(kDepth, packed - p0);
+    const M* block = panel + p0 * kPanel * kPack<M>;
     // Row tiles of as equal sizes as kRows allows (32 rows: 6 6 5 5 5 5, not 6 x 5 + 2).
     const int64_t tiles = (rows + kRows - 1) / kRows;
     for (int64_t tile = 0, n0 = 0; tile < tiles; ++tile) {
       const int64_t height = rows / tiles + (tile < rows % tiles ? 1 : 0);
-      const float* a0 = a + n0 * lda + k0;
+      const M* a0 = a + n0 * lda + p0 * kPack<M>;
       float* c = acc + kPanel * n0;
       n0 += height;
-      const bool more = add || k0 > 0;
+      const bool more = add || p0 > 0;
       switch (height) {
         case 1: Gemm<1>(a0, lda, block, depth, more, c); break;
         case 2: Gemm<2>(a0, lda, block, depth, more, c); break;
@@ -250,6 +270,18 @@ inline void Product(const float* a, int64_t lda, int64_t rows, const float* pane
       }
     }
   }
+}
+
+// k rounded up to whole packed rows.
+template <typename M>
+constexpr int64_t Padded(int64_t k) {
+  return (k + kPack<M> - 1) / kPack<M> * kPack<M>;
+}
+
+// 16 float32 values as bfloat16 bits (round to nearest even, as XLA converts), stored
+// under mask m.
+inline void StoreBf16(__mmask16 m, Bf16* p, __m512 v) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
 inline __mmask16 UnitMask(int64_t first, int64_t hidden) {
@@ -275,83 +307,112 @@ struct Shape {
   int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
 };
 
-// Forward panels: for direction d and 16-unit tile u, the I + H rows k of one tile's
-// four gates side by side, panel[k][gate][lane] = W[d][gate * H + 16 u + lane][k] for
-// W = [w_ih | w_hh] (zero past H): first w_ih (D*G, I), then w_hh from w (D, H, G) = w_hh^T.
-std::vector<float> PackForward(const Shape& s, const float* w_ih, const float* w) {
-  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), K = s.I + s.H;
-  std::vector<float> packed(s.D * tiles * K * kPanel, 0.0f);
-  auto at = [&](int64_t d, int64_t u, int64_t k, int64_t gate) {
-    return &packed[((d * tiles + u) * K + k) * kPanel + gate * kLanes];
+// Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input and
+// hidden sizes padded to whole packed rows) of one tile's four gates side by side,
+// W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past H, I):
+// first w_ih (D*G, Ie), then w_hh from w (D, H, G) = w_hh^T.
+template <typename M>
+std::vector<M> PackForward(const Shape& s, const M* w_ih, const M* w) {
+  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
+  const int64_t Ie = Padded<M>(s.I), K = Ie + Padded<M>(s.H);
+  std::vector<M> packed(s.D * tiles * K * kPanel, M{});
+  auto put = [&](int64_t d, int64_t gate, int64_t unit, int64_t k, M value) {
+    const int64_t col = gate * kLanes + unit % kLanes;
+    packed[(d * tiles + unit / kLanes) * K * kPanel + k / kPack<M> * kPanel * kPack<M> +
+           col * kPack<M> + k % kPack<M>] = value;
   };
   for (int64_t d = 0; d < s.D; ++d) {
     for (int64_t g = 0; g < G; ++g) {  // w_ih rows, read along k
-      const int64_t gate = g / s.H, unit = g % s.H;
-      const float* src = w_ih + (d * G + g) * s.I;
-      for (int64_t k = 0; k < s.I; ++k) at(d, unit / kLanes, k, gate)[unit % kLanes] = src[k];
+      const M* src = w_ih + (d * G + g) * Ie;
+      for (int64_t k = 0; k < Ie; ++k) put(d, g / s.H, g % s.H, k, src[k]);
     }
-    for (int64_t k = 0; k < s.H; ++k)  // w rows (w_hh^T), 16 units at a time
-      for (int gate = 0; gate < 4; ++gate)
-        for (int64_t u = 0; u < tiles; ++u) {
-          const float* src = w + (d * s.H + k) * G + gate * s.H + u * kLanes;
-          std::copy(src, src + std::min<int64_t>(kLanes, s.H - u * kLanes), at(d, u, s.I + k, gate));
-        }
+    for (int64_t k = 0; k < s.H; ++k) {  // w rows (w_hh^T)
+      const M* src = w + (d * s.H + k) * G;
+      for (int64_t g = 0; g < G; ++g) put(d, g / s.H, g % s.H, Ie + k, src[g]);
+    }
   }
   return packed;
 }
 
-// Backward panels: for direction d and 64-unit tile v, panel[k][lane] = w_hh[d][k][64 v +
-// lane] = w[d][64 v + lane][k] for k < G (zero past H).
-std::vector<float> PackBackward(const Shape& s, const float* w) {
+// Backward panels: for direction d and 64-unit tile v, W[k][lane] = w_hh[d][k][64 v + lane]
+// = w[d][64 v + lane][k] for k < G (zero past H).
+template <typename M>
+std::vector<M> PackBackward(const Shape& s, const M* w) {
   const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G();
-  std::vector<float> packed(s.D * tiles * G * kPanel, 0.0f);
+  std::vector<M> packed(s.D * tiles * G * kPanel, M{});
   for (int64_t d = 0; d < s.D; ++d)
-    for (int64_t v = 0; v < tiles; ++v)
-      for (int64_t j = 0; j < kPanel && v * kPanel + j < s.H; ++j) {
-        const float* src = w + (d * s.H + v * kPanel + j) * G;
-        float* dst = &packed[(d * tiles + v) * G * kPanel + j];
-        for (int64_t k = 0; k < G; ++k) dst[k * kPanel] = src[k];
-      }
+    for (int64_t j = 0; j < s.H; ++j) {
+      const M* src = w + (d * s.H + j) * G;
+      M* dst = &packed[(d * tiles + j / kPanel) * G * kPanel + j % kPanel * kPack<M>];
+      for (int64_t k = 0; k < G; ++k)
+        dst[k / kPack<M> * kPanel * kPack<M> + k % kPack<M>] = src[k];
+    }
   return packed;
 }
 
+template <typename M>
 struct Forward {
   Shape s;
-  const float *x, *w_ih, *b, *w, *h0, *c0;
+  const M *x, *w_ih;  // (L, N, Ie), (D*G, Ie): the input size padded to whole packed rows
+  const float* b;
+  const M* w;
+  const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
   float *acts, *cs, *hp;  // residuals (nullptr when not saved)
 
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
-    const std::vector<float> panels = PackForward(s, w_ih, w);
+    const int64_t Ie = Padded<M>(s.I), He = Padded<M>(s.H), K = Ie + He, DNHe = s.D * s.N * He;
+    const std::vector<M> panels = PackForward(s, w_ih, w);
     std::vector<float> h(2 * DNH);  // ping-pong (D, N, H) states: a step reads one, writes other
     std::copy(h0, h0 + DNH, h.begin());
     std::copy(c0, c0 + DNH, cn);  // the cell state lives in c_n
+    // The matmul's operand h: the states themselves, or a ping-pong (D, N, He) copy in M.
+    std::vector<M> hm;
+    if constexpr (!std::is_same_v<M, float>) {
+      hm.assign(2 * DNHe, M{});
+      for (int64_t dn = 0; dn < s.D * s.N; ++dn)
+        for (int64_t unit = 0; unit < s.H; unit += kLanes) {
+          const __mmask16 m = UnitMask(unit, s.H);
+          StoreBf16(m, &hm[dn * He + unit], Load(m, h0 + dn * s.H + unit));
+        }
+    }
     const int64_t items = s.D * tiles;
-    const int64_t K = s.I + s.H;
     const int threads = ThreadsFor(items, 2.0 * s.N * K * G * s.D);
     std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
     Team::Run(pool, threads, items, s.L, [&](int64_t item, int64_t step, int thread) {
       float* acc = &scratch[thread * kPanel * s.N];
       const float* h_in = &h[(step % 2) * DNH];
       float* h_out = &h[((step + 1) % 2) * DNH];
+      const M* a_in;
+      M* a_out = nullptr;
+      if constexpr (std::is_same_v<M, float>) {
+        a_in = h_in;
+      } else {
+        a_in = &hm[(step % 2) * DNHe];
+        a_out = &hm[((step + 1) % 2) * DNHe];
+      }
       const int64_t d = item / tiles, unit = item % tiles * kLanes;
       const __mmask16 m = UnitMask(unit, s.H);
       const int64_t t = s.Time(d, step);
-      const float* panel = &panels[item * K * kPanel];
+      const M* panel = &panels[item * K * kPanel];
       // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
-      Product(x + t * s.N * s.I, s.I, s.N, panel, s.I, false, acc);
-      Product(h_in + d * s.N * s.H, s.H, s.N, panel + s.I * kPanel, s.H, true, acc);
-      for (int64_t n = 0; n < s.N; ++n)
-        Epilogue(t, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
+      Product(x + t * s.N * Ie, Ie, s.N, panel, Ie, false, acc);
+      Product(a_in + d * s.N * He, He, s.N, panel + Ie * kPanel, He, true, acc);
+      for (int64_t n = 0; n < s.N; ++n) {
+        const __m512 h_new = Epilogue(t, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
+        if constexpr (!std::is_same_v<M, float>)
+          StoreBf16(m, a_out + (d * s.N + n) * He + unit, h_new);
+      }
     });
     const float* h_last = &h[(s.L % 2) * DNH];
     std::copy(h_last, h_last + DNH, hn);
   }
 
-  // Time t of direction d for 16 units of row n, from its gates' matmul part.
-  void Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
+  // Time t of direction d for 16 units of row n, from its gates' matmul part; returns the
+  // new state.
+  __m512 Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
                 const float* h_in, float* h_out) const {
     const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
     const float* bias = b + d * G + unit;
@@ -366,7 +427,8 @@ struct Forward {
     const __m512 c_new = _mm512_fmadd_ps(a[1], c_old, _mm512_mul_ps(a[0], a[2]));
     const __m512 h_new = _mm512_mul_ps(a[3], Tanh(c_new));
     const bool keep = t < lengths[n];  // past its length a sequence's state is frozen
-    Store(m, h_out + state, keep ? h_new : h_old);
+    const __m512 h_next = keep ? h_new : h_old;
+    Store(m, h_out + state, h_next);
     Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
     if (keep) Store(m, cn + state, c_new);
     if (acts != nullptr) {
@@ -374,19 +436,28 @@ struct Forward {
       Store(m, cs + row * s.H + unit, keep ? c_new : c_old);
       Store(m, hp + row * s.H + unit, h_old);
     }
+    return h_next;
   }
 };
 
+template <typename M>
 struct Backward {
   Shape s;
-  const float *d_ys, *acts, *cs, *w, *c0;
+  const float *d_ys, *acts, *cs;
+  const M* w;
+  const float* c0;
   const int32_t* lengths;
   const float *d_hn, *d_cn;
   float *dgates, *dh0, *dc0;  // dgates may alias acts
+  M* gm = nullptr;  // the bfloat16 copies below
 
-  void Run(ffi::ThreadPool& pool) const {
+  void Run(ffi::ThreadPool& pool) {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
-    const std::vector<float> panels = PackBackward(s, w);
+    const std::vector<M> panels = PackBackward(s, w);
+    // The matmul's operand: the gate cotangents themselves, or (N, D, G) copies in M of
+    // the last two steps' (step s in copy s % 2).
+    std::vector<M> copies(std::is_same_v<M, float> ? 0 : 2 * s.N * s.D * G);
+    gm = copies.data();
     // dh0 holds the part of dh that passes frozen (masked) steps; dc0 the cell cotangent.
     std::copy(d_hn, d_hn + DNH, dh0);
     std::copy(d_cn, d_cn + DNH, dc0);
@@ -409,7 +480,12 @@ struct Backward {
           }
       }
       if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
-        const float* a = dgates + s.Row(s.Time(d, step), 0, d) * G;
+        const M* a;
+        if constexpr (std::is_same_v<M, float>) {
+          a = dgates + s.Row(s.Time(d, step), 0, d) * G;
+        } else {
+          a = &gm[((step % 2) * s.N * s.D + d) * G];
+        }
         Product(a, s.D * G, s.N, &panels[item * G * kPanel], G, false, acc);
       } else {
         std::fill(acc, acc + kPanel * s.N, 0.0f);
@@ -433,12 +509,17 @@ struct Backward {
 
   // The cotangents of scan step `step` of direction d for 16 units of row n, from dh
   // arriving at its output.
-  void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) const {
+  void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) {
     const int64_t G = s.G(), t = s.Time(d, step), row = s.Row(t, n, d);
     const int64_t state = (d * s.N + n) * s.H + unit;
     float* dg = dgates + row * G + unit;
+    M* copy = gm + ((step % 2) * s.N * s.D + n * s.D + d) * G + unit;  // unused for float
+    auto put = [&](int q, __m512 v) {
+      Store(m, dg + q * s.H, v);
+      if constexpr (!std::is_same_v<M, float>) StoreBf16(m, copy + q * s.H, v);
+    };
     if (t >= lengths[n]) {  // a frozen step: dh and dc pass through, no gate cotangents
-      for (int q = 0; q < 4; ++q) Store(m, dg + q * s.H, _mm512_setzero_ps());
+      for (int q = 0; q < 4; ++q) put(q, _mm512_setzero_ps());
       Store(m, dh0 + state, dh);
       return;
     }
@@ -458,10 +539,10 @@ struct Backward {
     const __m512 dgg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
     const __m512 do_ =
         _mm512_mul_ps(_mm512_mul_ps(dr, tanh_c), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-    Store(m, dg, di);  // dg may alias a: every gate was loaded above
-    Store(m, dg + s.H, df);
-    Store(m, dg + 2 * s.H, dgg);
-    Store(m, dg + 3 * s.H, do_);
+    put(0, di);  // dg may alias a: every gate was loaded above
+    put(1, df);
+    put(2, dgg);
+    put(3, do_);
     Store(m, dc0 + state, _mm512_mul_ps(dc, f));
     Store(m, dh0 + state, _mm512_setzero_ps());
   }
@@ -476,86 +557,146 @@ Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {
 
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
 
-template <bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 w_ih, F32 b, F32 w, F32 h0, F32 c0,
-                       ffi::Buffer<ffi::S32> lengths, F32Out ys, F32Out hn, F32Out cn,
-                       F32Out acts, F32Out cs, F32Out hp) {
-  const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, N, I), (D, N, H)
-  Forward{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]},
-          x.typed_data(),
-          w_ih.typed_data(),
-          b.typed_data(),
-          w.typed_data(),
-          h0.typed_data(),
-          c0.typed_data(),
-          lengths.typed_data(),
-          ys->typed_data(),
-          hn->typed_data(),
-          cn->typed_data(),
-          kSave ? acts->typed_data() : nullptr,
-          kSave ? cs->typed_data() : nullptr,
-          kSave ? hp->typed_data() : nullptr}
+// The buffers of the matmul operands (x, w_ih, w) in M.
+template <typename M>
+struct Operand;
+template <>
+struct Operand<float> {
+  using Buffer = F32;
+};
+template <>
+struct Operand<Bf16> {
+  using Buffer = ffi::Buffer<ffi::BF16>;
+};
+template <typename M>
+using MBuf = typename Operand<M>::Buffer;
+
+template <typename M>
+const M* Data(MBuf<M> buffer) {
+  return reinterpret_cast<const M*>(buffer.typed_data());
+}
+
+template <typename M, bool kSave>
+ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w, F32 h0,
+                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts,
+                       F32Out cs, F32Out hp) {
+  const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, N, Ie), (D, N, H)
+  Forward<M>{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]},
+             Data<M>(x),
+             Data<M>(w_ih),
+             b.typed_data(),
+             Data<M>(w),
+             h0.typed_data(),
+             c0.typed_data(),
+             lengths.typed_data(),
+             ys->typed_data(),
+             hn->typed_data(),
+             cn->typed_data(),
+             kSave ? acts->typed_data() : nullptr,
+             kSave ? cs->typed_data() : nullptr,
+             kSave ? hp->typed_data() : nullptr}
       .Run(pool);
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, F32 w, F32 c0,
-                        ffi::Buffer<ffi::S32> lengths, F32 d_hn, F32 d_cn, F32Out dgates,
-                        F32Out dh0, F32Out dc0) {
-  Backward{ShapeOf(acts.dimensions()),
-           d_ys.typed_data(),
-           acts.typed_data(),
-           cs.typed_data(),
-           w.typed_data(),
-           c0.typed_data(),
-           lengths.typed_data(),
-           d_hn.typed_data(),
-           d_cn.typed_data(),
-           dgates->typed_data(),
-           dh0->typed_data(),
-           dc0->typed_data()}
+template <typename M>
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w, F32 c0,
+                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0,
+                        F32Out dc0) {
+  Backward<M>{ShapeOf(acts.dimensions()),
+              d_ys.typed_data(),
+              acts.typed_data(),
+              cs.typed_data(),
+              Data<M>(w),
+              c0.typed_data(),
+              lengths.typed_data(),
+              d_hn.typed_data(),
+              d_cn.typed_data(),
+              dgates->typed_data(),
+              dh0->typed_data(),
+              dc0->typed_data()}
       .Run(pool);
   return ffi::Error::Success();
 }
 
-// The float32 arrays before the int32 lengths, then the lengths.
-#define FLOAT_ARGS_THEN_LENGTHS \
-  Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
-#define FORWARD_BINDING                                                      \
-  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().FLOAT_ARGS_THEN_LENGTHS \
-      .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+// Arguments and results in ForwardImpl's and BackwardImpl's order, MB the buffers of the
+// matmul operands.
+#define FORWARD_BINDING(MB)                                                               \
+  ffi::Ffi::Bind()                                                                        \
+      .Ctx<ffi::ThreadPool>()                                                             \
+      .Arg<MB>()                                                                          \
+      .Arg<MB>()                                                                          \
+      .Arg<F32>()                                                                         \
+      .Arg<MB>()                                                                          \
+      .Arg<F32>()                                                                         \
+      .Arg<F32>()                                                                         \
+      .Arg<S32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()
+#define BACKWARD_BINDING(MB)                                                              \
+  ffi::Ffi::Bind()                                                                        \
+      .Ctx<ffi::ThreadPool>()                                                             \
+      .Arg<F32>()                                                                         \
+      .Arg<F32>()                                                                         \
+      .Arg<F32>()                                                                         \
+      .Arg<MB>()                                                                          \
+      .Arg<F32>()                                                                         \
+      .Arg<S32>()                                                                         \
+      .Arg<F32>()                                                                         \
+      .Arg<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()                                                                         \
+      .Ret<F32>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, ForwardImpl<false>, FORWARD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, ForwardImpl<true>, FORWARD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .FLOAT_ARGS_THEN_LENGTHS.Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, BackwardImpl<float>, BACKWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardBf16, (ForwardImpl<Bf16, false>),
+                              FORWARD_BINDING(MBuf<Bf16>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSaveBf16, (ForwardImpl<Bf16, true>),
+                              FORWARD_BINDING(MBuf<Bf16>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardBf16, BackwardImpl<Bf16>, BACKWARD_BINDING(MBuf<Bf16>));
 
 PyObject* Capsule(void* fn) { return PyCapsule_New(fn, nullptr, nullptr); }
 
 PyObject* Handlers(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:N,s:N,s:N}", "jaxlstm_lstm_forward",
-                       Capsule(reinterpret_cast<void*>(LstmForward)), "jaxlstm_lstm_forward_save",
-                       Capsule(reinterpret_cast<void*>(LstmForwardSave)), "jaxlstm_lstm_backward",
-                       Capsule(reinterpret_cast<void*>(LstmBackward)));
+  return Py_BuildValue(
+      "{s:N,s:N,s:N,s:N,s:N,s:N}", "jaxlstm_lstm_forward",
+      Capsule(reinterpret_cast<void*>(LstmForward)), "jaxlstm_lstm_forward_save",
+      Capsule(reinterpret_cast<void*>(LstmForwardSave)), "jaxlstm_lstm_backward",
+      Capsule(reinterpret_cast<void*>(LstmBackward)), "jaxlstm_lstm_forward_bf16",
+      Capsule(reinterpret_cast<void*>(LstmForwardBf16)), "jaxlstm_lstm_forward_save_bf16",
+      Capsule(reinterpret_cast<void*>(LstmForwardSaveBf16)), "jaxlstm_lstm_backward_bf16",
+      Capsule(reinterpret_cast<void*>(LstmBackwardBf16)));
 }
 
+// Whether this CPU runs the float32 kernels (AVX-512F/DQ/BW/VL, FMA).
 PyObject* Supported(PyObject*, PyObject*) {
   __builtin_cpu_init();
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                   __builtin_cpu_supports("fma");
+  return PyBool_FromLong(ok);
+}
+
+// Whether it also runs the bfloat16 ones (AVX512_BF16).
+PyObject* SupportedBf16(PyObject* self, PyObject* args) {
+  PyObject* base = Supported(self, args);
+  const bool ok = base == Py_True && __builtin_cpu_supports("avx512bf16");
+  Py_DECREF(base);
   return PyBool_FromLong(ok);
 }
 
 PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by target name."},
-    {"supported", Supported, METH_NOARGS, "Whether this CPU has the instructions used."},
+    {"supported", Supported, METH_NOARGS, "Whether this CPU runs the float32 kernels."},
+    {"supported_bf16", SupportedBf16, METH_NOARGS, "Whether it runs the bfloat16 ones."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_cpu_kernel",

@@ -22,6 +22,7 @@ of its compiled function).
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import jax
@@ -53,7 +54,10 @@ def usable(
     """Whether :func:`layer` computes this layer (at trace time, once :func:`available`)."""
     return (
         layer[0].w_hr is None
-        and matmul_dtype is None
+        and (
+            matmul_dtype is None
+            or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and _extension.supported_bf16())
+        )
         and (checkpoint_every is None or checkpoint_every >= x.shape[0])
         and x.dtype == jnp.float32
         and min(x.shape) > 0
@@ -63,7 +67,12 @@ def usable(
 
 
 def layer(
-    layer: tuple[LayerParams, ...], x: Array, h0: Array, c0: Array, lengths: Array | None
+    layer: tuple[LayerParams, ...],
+    x: Array,
+    h0: Array,
+    c0: Array,
+    lengths: Array | None,
+    matmul_dtype: Any = None,
 ) -> tuple[Array, Array, Array]:
     """One layer, every direction, in the kernel; as :func:`jaxlstm._scan.scan_layer`.
 
@@ -72,6 +81,9 @@ def layer(
         x: ``(L, N, H_in)``, zero past each length.
         h0, c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None``.
+        matmul_dtype: ``None`` (float32 matmuls) or bfloat16: the kernel's step matmuls
+            and the input gradient's take bfloat16 operands (float32 sums), the state,
+            the gates and the weight gradients stay float32.
 
     Returns:
         ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
@@ -82,7 +94,8 @@ def layer(
     w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H, 4H)
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
-    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32))
+    bf16 = matmul_dtype is not None
+    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32), bf16)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
 
@@ -94,7 +107,18 @@ def _register() -> None:
         _registered = True
 
 
-def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
+def _operands(x, w_ih, w_hh_t, bf16: bool):
+    """The matmul operands: as they are, or in bfloat16 with the input size padded to even
+    (the kernel multiplies bfloat16 in pairs along it)."""
+    if not bf16:
+        return x, w_ih, w_hh_t
+    pad = x.shape[-1] % 2
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad)))  # (L, N, H_in + pad)
+    w_ih = jnp.pad(w_ih, ((0, 0), (0, pad)))  # (D*4H, H_in + pad)
+    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih, w_hh_t))
+
+
+def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16: bool, *, save: bool):
     """The kernel's forward loop, input projection included.
 
     Returns:
@@ -108,8 +132,9 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
     rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
+    x, w_ih, w_hh_t = _operands(x, w_ih, w_hh_t, bf16)
     out = jax.ffi.ffi_call(
-        "jaxlstm_lstm_forward_save" if save else "jaxlstm_lstm_forward",
+        "jaxlstm_lstm_forward" + ("_save" if save else "") + ("_bf16" if bf16 else ""),
         (
             jax.ShapeDtypeStruct((seq_len, batch, dirs, hidden), f32),
             state,
@@ -123,30 +148,33 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, *, save: bool):
     return tuple(out) if save else tuple(out[:3])
 
 
-@jax.custom_vjp
-def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths):
-    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, save=False)
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16):
+    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16, save=False)
 
 
-def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths):
-    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, save=True)
+def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16):
+    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16, save=True)
     return (y, h_n, c_n), (x, w_ih, b is not None, w_hh_t, c0, lengths, acts, cs, hp)
 
 
-def _layer_bwd(residuals, cotangents):
+def _layer_bwd(bf16, residuals, cotangents):
     x, w_ih, has_bias, w_hh_t, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
+    w_in = w_ih.astype(jnp.bfloat16) if bf16 else w_ih
     d_gates, dh0, dc0 = jax.ffi.ffi_call(
-        "jaxlstm_lstm_backward",
+        "jaxlstm_lstm_backward" + ("_bf16" if bf16 else ""),
         (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state),
         vmap_method="sequential",
         input_output_aliases={1: 0},  # the gate cotangents overwrite the activations
-    )(d_y, acts, cs, w_hh_t, c0, lengths, d_hn, d_cn)
+    )(d_y, acts, cs, w_hh_t.astype(w_in.dtype), c0, lengths, d_hn, d_cn)
     rows = seq_len * batch
     d_gates = d_gates.reshape(rows, dirs * gates)  # (L*N, D*4H)
-    d_x = (d_gates @ w_ih).reshape(seq_len, batch, -1)  # (L*N, D*4H) @ (D*4H, H_in)
+    # (L*N, D*4H) @ (D*4H, H_in), in the matmul dtype with float32 sums
+    d_x = jnp.matmul(d_gates.astype(w_in.dtype), w_in, preferred_element_type=jnp.float32)
+    d_x = d_x.reshape(seq_len, batch, -1)
     # The weight gradients contract the L*N rows. XLA:CPU runs a product whose operands
     # both contract their leading axis as a plain (Eigen) dot that spends most of its time
     # packing. As (small operand transposed into a buffer of its own) @ (gate cotangents),

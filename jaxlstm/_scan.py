@@ -87,7 +87,7 @@ def scan_layer(
     """
     seq_len, batch, _ = x.shape
     if cpu_kernel and _kernel.usable(layer, x, matmul_dtype, checkpoint_every):
-        return _kernel.layer(layer, x, h0, c0, lengths)
+        return _kernel.layer(layer, x, h0, c0, lengths, matmul_dtype)
     num_dirs = len(layer)
     weights = _Weights(
         w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)

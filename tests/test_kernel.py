@@ -65,8 +65,8 @@ def _inputs(config, seed=0):
     return params, x, (h0, c0), (y_cot, state_cot), lengths
 
 
-def _loss(params, x, hx, cotangents, lengths):
-    y, (h_n, c_n) = jl.lstm(params, x, hx, lengths=lengths)
+def _loss(params, x, hx, cotangents, lengths, matmul_dtype=None):
+    y, (h_n, c_n) = jl.lstm(params, x, hx, lengths=lengths, matmul_dtype=matmul_dtype)
     y_cot, state_cot = cotangents
     return jnp.sum(y * y_cot) + jnp.sum(h_n * state_cot[0]) + jnp.sum(c_n * state_cot[1])
 
@@ -105,13 +105,13 @@ def _torch_float64(params, x, hx, cotangents, lengths):
 
 
 def test_kernel_is_built_and_used_where_the_cpu_has_avx512():
-    """On an x86-64 CPU with AVX-512F/DQ (CI's machines) the extension is built and on."""
+    """On an x86-64 CPU with AVX-512 (CI's machines) the extension is built and on, its
+    bfloat16 kernels where the CPU has AVX512_BF16."""
     flags = _cpu_flags()
-    expected = {"avx512f", "avx512dq", "fma"} <= flags
-    assert _kernel.available() == expected, (
-        sorted(flags & {"avx512f", "avx512dq"}),
-        _kernel._extension,
-    )
+    expected = {"avx512f", "avx512dq", "avx512bw", "avx512vl", "fma"} <= flags
+    assert _kernel.available() == expected, (sorted(flags), _kernel._extension)
+    if expected:
+        assert _kernel._extension.supported_bf16() == ("avx512_bf16" in flags)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -147,6 +147,33 @@ def test_kernel_matches_the_scan_path(name, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bfloat16_matmuls_match_the_scan_path(name, monkeypatch):
+    """``matmul_dtype=bfloat16`` in the kernel (bfloat16 operands, float32 sums and state)
+    and on the ``lax.scan`` path round alike: each is within bfloat16's error of float32,
+    and they differ from each other by about as much."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=3)
+    lengths[-1] = 0
+    x[:, -1] = 0
+    loss = jax.jit(
+        jax.value_and_grad(
+            lambda p, x, hx, md: _loss(p, x, hx, cotangents, lengths, md), argnums=(0, 1, 2)
+        ),
+        static_argnums=3,
+    )
+    float32 = loss(params, x, hx, None)
+    kernel = loss(params, x, hx, jnp.bfloat16)
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
+    scan = loss(params, x, hx, jnp.bfloat16)
+    for got, ref, want in zip(
+        jax.tree.leaves(kernel), jax.tree.leaves(scan), jax.tree.leaves(float32), strict=True
+    ):
+        scale = 1e-3 + float(jnp.max(jnp.abs(want)))
+        assert float(jnp.max(jnp.abs(got - want))) / scale < 2e-2
+        assert float(jnp.max(jnp.abs(ref - want))) / scale < 2e-2
+        assert float(jnp.max(jnp.abs(got - ref))) / scale < 2e-2
+
+
 def _lowers_to_kernel(fn, *args, **kwargs) -> bool:
     text = jax.jit(fn, static_argnames=tuple(kwargs)).lower(*args, **kwargs).as_text()
     return "jaxlstm_lstm_forward" in text
@@ -163,7 +190,10 @@ def test_which_calls_take_the_kernel(monkeypatch):
     )
     projected = jl.init_params(jax.random.key(0), 3, 8, proj_size=4)
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), projected, x)
-    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x)
+    bf16 = on and _kernel._extension.supported_bf16()
+    assert (
+        _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x) == bf16
+    )
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=2), params, x)
     assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=5), params, x) == on
     with jax.enable_x64(True):
