@@ -62,15 +62,18 @@ void WaitUntil(const Ready& ready) {
 //
 // Thread t starts each step at its own share of the items (keeping its weights in its own
 // cache) and goes on to any item of the step that nobody has started: the call never
-// waits for a thread that is busy elsewhere, descheduled or never comes; the caller alone
-// finishes the work if it must. Helpers that start late find the steps done and leave;
-// the shared state outlives the call for them.
+// waits for a thread that is busy elsewhere or never comes; the caller alone finishes the
+// work if it must. With `backups` (work whose items may run twice: same inputs, same
+// outputs), a thread that has waited several item-times for the last items of a step runs
+// them itself: a thread descheduled in the middle of an item (another process's threads
+// on the same cores) then holds nobody up. Helpers that start late find the steps done
+// and leave; the call returns once no thread is inside, and the shared state outlives it.
 class Team {
  public:
   template <typename Work>
-  static void Run(ffi::ThreadPool& pool, int threads, int64_t items, int64_t steps,
+  static void Run(ffi::ThreadPool& pool, int threads, int64_t items, int64_t steps, bool backups,
                   const Work& work) {
-    auto team = std::make_shared<Team>(threads, items, steps);
+    auto team = std::make_shared<Team>(threads, items, steps, backups);
     team->work_ = &work;
     team->call_ = [](const void* w, int64_t item, int64_t step, int thread) {
       (*static_cast<const Work*>(w))(item, step, thread);
@@ -83,36 +86,76 @@ class Team {
     WaitUntil([&] { return team->inside_.load() == 0; });
   }
 
-  Team(int threads, int64_t items, int64_t steps)
-      : threads_(threads), items_(items), steps_(steps), next_(new std::atomic<int64_t>[items]) {
-    for (int64_t i = 0; i < items; ++i) next_[i].store(0);
+  Team(int threads, int64_t items, int64_t steps, bool backups)
+      : threads_(threads),
+        items_(items),
+        steps_(steps),
+        backups_(backups),
+        next_(new std::atomic<int64_t>[items]),
+        done_(new std::atomic<int64_t>[items]) {
+    for (int64_t i = 0; i < items; ++i) {
+      next_[i].store(0);
+      done_[i].store(0);
+    }
   }
 
  private:
+  // Backups wait this many cycles past four of the thread's own item-times.
+  static constexpr uint64_t kPatience = 40000;
+
   void Join(int thread) {
     inside_.fetch_add(1);
     if (!finished_.load()) {
       const int64_t start = items_ * thread / threads_;
-      for (int64_t step = done_.load() / items_; step < steps_; ++step) {
+      uint64_t item_cycles = 0;  // a running mean of this thread's item durations
+      for (int64_t step = Completed(); step < steps_; ++step) {
         for (int64_t k = 0; k < items_; ++k) {
           const int64_t item = (start + k) % items_;
           int64_t expected = step;
           if (next_[item].load(std::memory_order_relaxed) == step &&
               next_[item].compare_exchange_strong(expected, step + 1)) {
-            call_(work_, item, step, thread);
-            done_.fetch_add(1);
+            Execute(item, step, thread, item_cycles);
           }
         }
-        WaitUntil([&] { return done_.load() >= (step + 1) * items_; });
+        uint64_t since = __rdtsc();
+        for (int spins = 0; Completed() <= step; ++spins) {
+          if (backups_ && __rdtsc() - since > 4 * item_cycles + kPatience) {
+            for (int64_t item = 0; item < items_; ++item) {
+              if (done_[item].load() == step) Execute(item, step, thread, item_cycles);
+            }
+            since = __rdtsc();
+          } else if (spins < 2000 || backups_) {
+            _mm_pause();
+          } else {
+            std::this_thread::yield();
+          }
+        }
       }
     }
     inside_.fetch_sub(1);
   }
 
+  void Execute(int64_t item, int64_t step, int thread, uint64_t& item_cycles) {
+    const uint64_t begin = __rdtsc();
+    call_(work_, item, step, thread);
+    item_cycles = (3 * item_cycles + (__rdtsc() - begin)) / 4;
+    int64_t done = done_[item].load();
+    while (done < step + 1 && !done_[item].compare_exchange_weak(done, step + 1)) {
+    }
+  }
+
+  // The number of steps every item has finished.
+  int64_t Completed() const {
+    int64_t least = steps_;
+    for (int64_t i = 0; i < items_; ++i) least = std::min(least, done_[i].load());
+    return least;
+  }
+
   const int threads_;
   const int64_t items_, steps_;
+  const bool backups_;
   std::unique_ptr<std::atomic<int64_t>[]> next_;  // per item: the next step to start
-  std::atomic<int64_t> done_{0};                  // item-steps finished
+  std::unique_ptr<std::atomic<int64_t>[]> done_;  // per item: the steps finished
   std::atomic<int> inside_{0};                    // threads inside Join
   std::atomic<bool> finished_{false};
   const void* work_ = nullptr;
@@ -307,15 +350,27 @@ struct Shape {
   int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
 };
 
+// Memory for one call, kept for the next call of the same (calling) thread: allocating
+// megabytes per call costs page faults on every call, as glibc gives large blocks back to
+// the system when they are freed. Slot tells the buffers of a call apart.
+enum Slot { kPanelsSlot, kHSlot, kCSlot, kHmSlot, kAccSlot, kCopySlot };
+template <typename T, Slot>
+T* Reused(int64_t n) {
+  static thread_local std::vector<T> cache;
+  if (cache.size() < static_cast<size_t>(n)) cache.resize(n);
+  return cache.data();
+}
+
 // Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input and
 // hidden sizes padded to whole packed rows) of one tile's four gates side by side,
 // W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past H, I):
 // first w_ih (D*G, Ie), then w_hh from w (D, H, G) = w_hh^T.
 template <typename M>
-std::vector<M> PackForward(const Shape& s, const M* w_ih, const M* w) {
+const M* PackForward(const Shape& s, const M* w_ih, const M* w) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
-  const int64_t Ie = Padded<M>(s.I), K = Ie + Padded<M>(s.H);
-  std::vector<M> packed(s.D * tiles * K * kPanel, M{});
+  const int64_t Ie = Padded<M>(s.I), K = Ie + Padded<M>(s.H), size = s.D * tiles * K * kPanel;
+  M* packed = Reused<M, kPanelsSlot>(size);
+  std::fill(packed, packed + size, M{});
   auto put = [&](int64_t d, int64_t gate, int64_t unit, int64_t k, M value) {
     const int64_t col = gate * kLanes + unit % kLanes;
     packed[(d * tiles + unit / kLanes) * K * kPanel + k / kPack<M> * kPanel * kPack<M> +
@@ -337,9 +392,10 @@ std::vector<M> PackForward(const Shape& s, const M* w_ih, const M* w) {
 // Backward panels: for direction d and 64-unit tile v, W[k][lane] = w_hh[d][k][64 v + lane]
 // = w[d][64 v + lane][k] for k < G (zero past H).
 template <typename M>
-std::vector<M> PackBackward(const Shape& s, const M* w) {
-  const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G();
-  std::vector<M> packed(s.D * tiles * G * kPanel, M{});
+const M* PackBackward(const Shape& s, const M* w) {
+  const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), size = s.D * tiles * G * kPanel;
+  M* packed = Reused<M, kPanelsSlot>(size);
+  std::fill(packed, packed + size, M{});
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t j = 0; j < s.H; ++j) {
       const M* src = w + (d * s.H + j) * G;
@@ -364,34 +420,41 @@ struct Forward {
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
     const int64_t Ie = Padded<M>(s.I), He = Padded<M>(s.H), K = Ie + He, DNHe = s.D * s.N * He;
-    const std::vector<M> panels = PackForward(s, w_ih, w);
-    std::vector<float> h(2 * DNH);  // ping-pong (D, N, H) states: a step reads one, writes other
-    std::copy(h0, h0 + DNH, h.begin());
-    std::copy(c0, c0 + DNH, cn);  // the cell state lives in c_n
-    // The matmul's operand h: the states themselves, or a ping-pong (D, N, He) copy in M.
-    std::vector<M> hm;
+    const M* panels = PackForward(s, w_ih, w);
+    // The (D, N, H) states before each step and after the last: step t reads entry t and
+    // writes entry t + 1, so a step's work can be run again (see Team) with the same result.
+    float* h = Reused<float, kHSlot>((s.L + 1) * DNH);
+    float* c = Reused<float, kCSlot>((s.L + 1) * DNH);
+    std::copy(h0, h0 + DNH, h);
+    std::copy(c0, c0 + DNH, c);
+    // The matmul's operand h: the states themselves, or their (D, N, He) copies in M.
+    M* hm = nullptr;
     if constexpr (!std::is_same_v<M, float>) {
-      hm.assign(2 * DNHe, M{});
-      for (int64_t dn = 0; dn < s.D * s.N; ++dn)
+      hm = Reused<M, kHmSlot>((s.L + 1) * DNHe);
+      for (int64_t dn = 0; dn < s.D * s.N; ++dn) {
         for (int64_t unit = 0; unit < s.H; unit += kLanes) {
           const __mmask16 m = UnitMask(unit, s.H);
           StoreBf16(m, &hm[dn * He + unit], Load(m, h0 + dn * s.H + unit));
         }
+      }
+      if (He != s.H) {  // the padding column of every state: zero
+        for (int64_t r = 0; r < (s.L + 1) * s.D * s.N; ++r) hm[r * He + s.H] = M{};
+      }
     }
     const int64_t items = s.D * tiles;
     const int threads = ThreadsFor(items, 2.0 * s.N * K * G * s.D);
-    std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
-    Team::Run(pool, threads, items, s.L, [&](int64_t item, int64_t step, int thread) {
+    float* scratch = Reused<float, kAccSlot>(threads * kPanel * s.N);  // accumulators
+    Team::Run(pool, threads, items, s.L, true, [&](int64_t item, int64_t step, int thread) {
       float* acc = &scratch[thread * kPanel * s.N];
-      const float* h_in = &h[(step % 2) * DNH];
-      float* h_out = &h[((step + 1) % 2) * DNH];
+      const State in{&h[step * DNH], &c[step * DNH]};
+      const State out{&h[(step + 1) * DNH], &c[(step + 1) * DNH]};
       const M* a_in;
       M* a_out = nullptr;
       if constexpr (std::is_same_v<M, float>) {
-        a_in = h_in;
+        a_in = in.h;
       } else {
-        a_in = &hm[(step % 2) * DNHe];
-        a_out = &hm[((step + 1) % 2) * DNHe];
+        a_in = &hm[step * DNHe];
+        a_out = &hm[(step + 1) * DNHe];
       }
       const int64_t d = item / tiles, unit = item % tiles * kLanes;
       const __mmask16 m = UnitMask(unit, s.H);
@@ -401,19 +464,23 @@ struct Forward {
       Product(x + t * s.N * Ie, Ie, s.N, panel, Ie, false, acc);
       Product(a_in + d * s.N * He, He, s.N, panel + Ie * kPanel, He, true, acc);
       for (int64_t n = 0; n < s.N; ++n) {
-        const __m512 h_new = Epilogue(t, d, n, unit, m, &acc[kPanel * n], h_in, h_out);
+        const __m512 h_next = Epilogue(t, d, n, unit, m, &acc[kPanel * n], in, out);
         if constexpr (!std::is_same_v<M, float>)
-          StoreBf16(m, a_out + (d * s.N + n) * He + unit, h_new);
+          StoreBf16(m, a_out + (d * s.N + n) * He + unit, h_next);
       }
     });
-    const float* h_last = &h[(s.L % 2) * DNH];
-    std::copy(h_last, h_last + DNH, hn);
+    std::copy(h + s.L * DNH, h + (s.L + 1) * DNH, hn);
+    std::copy(c + s.L * DNH, c + (s.L + 1) * DNH, cn);
   }
+
+  struct State {
+    float *h, *c;  // (D, N, H)
+  };
 
   // Time t of direction d for 16 units of row n, from its gates' matmul part; returns the
   // new state.
   __m512 Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
-                const float* h_in, float* h_out) const {
+                  const State& in, const State& out) const {
     const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
     const float* bias = b + d * G + unit;
     __m512 a[4];
@@ -423,17 +490,17 @@ struct Forward {
     a[1] = Sigmoid(a[1]);
     a[2] = Tanh(a[2]);
     a[3] = Sigmoid(a[3]);
-    const __m512 h_old = Load(m, h_in + state), c_old = Load(m, cn + state);
+    const __m512 h_old = Load(m, in.h + state), c_old = Load(m, in.c + state);
     const __m512 c_new = _mm512_fmadd_ps(a[1], c_old, _mm512_mul_ps(a[0], a[2]));
     const __m512 h_new = _mm512_mul_ps(a[3], Tanh(c_new));
     const bool keep = t < lengths[n];  // past its length a sequence's state is frozen
-    const __m512 h_next = keep ? h_new : h_old;
-    Store(m, h_out + state, h_next);
+    const __m512 h_next = keep ? h_new : h_old, c_next = keep ? c_new : c_old;
+    Store(m, out.h + state, h_next);
+    Store(m, out.c + state, c_next);
     Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
-    if (keep) Store(m, cn + state, c_new);
     if (acts != nullptr) {
       for (int q = 0; q < 4; ++q) Store(m, acts + row * G + q * s.H + unit, a[q]);
-      Store(m, cs + row * s.H + unit, keep ? c_new : c_old);
+      Store(m, cs + row * s.H + unit, c_next);
       Store(m, hp + row * s.H + unit, h_old);
     }
     return h_next;
@@ -453,20 +520,19 @@ struct Backward {
 
   void Run(ffi::ThreadPool& pool) {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
-    const std::vector<M> panels = PackBackward(s, w);
+    const M* panels = PackBackward(s, w);
     // The matmul's operand: the gate cotangents themselves, or (N, D, G) copies in M of
     // the last two steps' (step s in copy s % 2).
-    std::vector<M> copies(std::is_same_v<M, float> ? 0 : 2 * s.N * s.D * G);
-    gm = copies.data();
+    if constexpr (!std::is_same_v<M, float>) gm = Reused<M, kCopySlot>(2 * s.N * s.D * G);
     // dh0 holds the part of dh that passes frozen (masked) steps; dc0 the cell cotangent.
     std::copy(d_hn, d_hn + DNH, dh0);
     std::copy(d_cn, d_cn + DNH, dc0);
     const int64_t items = s.D * tiles;
     const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
-    std::vector<float> scratch(threads * kPanel * s.N);  // each thread's accumulators
+    float* scratch = Reused<float, kAccSlot>(threads * kPanel * s.N);  // accumulators
     // Team step k handles scan step L - k: the gradient arriving from step L - k (none
     // for k = 0), then the cotangents of step L - k - 1, or dh0 after the last.
-    Team::Run(pool, threads, items, s.L + 1, [&](int64_t item, int64_t k, int thread) {
+    Team::Run(pool, threads, items, s.L + 1, false, [&](int64_t item, int64_t k, int thread) {
       const int64_t step = s.L - k, d = item / tiles, v = item % tiles;
       float* acc = &scratch[thread * kPanel * s.N];
       if (step > 0) {  // the residuals of the step whose cotangents this item computes
@@ -513,10 +579,10 @@ struct Backward {
     const int64_t G = s.G(), t = s.Time(d, step), row = s.Row(t, n, d);
     const int64_t state = (d * s.N + n) * s.H + unit;
     float* dg = dgates + row * G + unit;
-    M* copy = gm + ((step % 2) * s.N * s.D + n * s.D + d) * G + unit;  // unused for float
+    const int64_t copy = ((step % 2) * s.N * s.D + n * s.D + d) * G + unit;  // in gm
     auto put = [&](int q, __m512 v) {
       Store(m, dg + q * s.H, v);
-      if constexpr (!std::is_same_v<M, float>) StoreBf16(m, copy + q * s.H, v);
+      if constexpr (!std::is_same_v<M, float>) StoreBf16(m, gm + copy + q * s.H, v);
     };
     if (t >= lengths[n]) {  // a frozen step: dh and dc pass through, no gate cotangents
       for (int q = 0; q < 4; ++q) put(q, _mm512_setzero_ps());

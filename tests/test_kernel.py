@@ -8,10 +8,12 @@ both directions, several layers), judged against PyTorch in float64 and against 
 ``lax.scan`` path; which calls take it; transforms and concurrent calls.
 """
 
+import multiprocessing
 import os
 import pathlib
 import platform
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -256,3 +258,33 @@ def test_switch_is_read_at_each_call(monkeypatch):
     monkeypatch.delenv("JAXLSTM_CPU_KERNEL")
     assert _kernel.available() == bool(_kernel._extension and _kernel._extension.supported())
     assert os.environ.get("JAXLSTM_CPU_KERNEL") is None
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_results_are_bitwise_the_same_on_busy_cores():
+    """With other processes spinning on every core, the kernel's threads are descheduled in
+    the middle of their work, and steps are finished by whichever thread gets there (a
+    step's part may then run twice): the results stay bitwise those of a quiet run."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS["two-threads"], seed=4)
+    forward = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n))
+    quiet = (forward(params, x, hx, lengths), _value_and_grad(params, x, hx, cotangents, lengths))
+    context = multiprocessing.get_context("spawn")
+    spinners = [context.Process(target=_spin, args=(4.0,)) for _ in range(os.cpu_count() or 2)]
+    for p in spinners:
+        p.start()
+    try:
+        for _ in range(10):
+            busy = (
+                forward(params, x, hx, lengths),
+                _value_and_grad(params, x, hx, cotangents, lengths),
+            )
+            for a, b in zip(jax.tree.leaves(busy), jax.tree.leaves(quiet), strict=True):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        for p in spinners:
+            p.join()
