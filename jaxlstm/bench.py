@@ -60,6 +60,7 @@ _QUICK_CONFIGS = ("typical",)
 _QUICK_REPS = 3
 _PEAK_SIZE = {False: 2048, True: 1024}  # by --quick
 _PEAK_REPS = 5
+_COOLDOWN_MS = 20.0  # sleep before each timed call (see time_round_robin)
 _SEED = 0
 
 
@@ -615,19 +616,28 @@ def check_outputs(
 
 
 def time_round_robin(
-    thunks: dict[Any, Callable[[], Any]], *, reps: int, warmup: int, progress: Any
+    thunks: dict[Any, Callable[[], Any]],
+    *,
+    reps: int,
+    warmup: int,
+    progress: Any,
+    cooldown: float = 0.0,
 ) -> dict[Any, np.ndarray]:
     """Times each thunk ``reps`` times, interleaved, after ``warmup`` untimed calls each.
 
     Round ``r`` calls the thunks in their order rotated by ``r``, so a slow spell of the
     machine falls on all of them and no thunk always runs first. The garbage collector
-    is paused while timing. Each thunk must block until its work is done.
+    is paused while timing. Each thunk must block until its work is done. ``cooldown``
+    seconds of sleep before each timed call let the threads of the call before finish
+    winding down: libgomp's workers (PyTorch's) spin for milliseconds after their work,
+    taking a core from whatever runs next.
 
     Args:
         thunks: the callables to time, by key.
         reps: timed calls of each.
         warmup: untimed calls of each, first.
         progress: a progress bar, advanced once per call.
+        cooldown: seconds to sleep before each timed call (not timed).
 
     Returns:
         Milliseconds per call, ``(reps,)`` per key.
@@ -644,6 +654,8 @@ def time_round_robin(
         for r in range(reps):
             shift = r % len(keys)
             for key in keys[shift:] + keys[:shift]:
+                if cooldown:
+                    time.sleep(cooldown)
                 start = time.perf_counter()
                 thunks[key]()
                 times[key].append((time.perf_counter() - start) * 1e3)
@@ -774,6 +786,7 @@ def run_suite(
     dtype: str,
     reps: int | None,
     peak_size: int,
+    cooldown: float = 0.0,
 ) -> tuple[list[Row], dict[str, float]]:
     """Checks and times every peer on every config.
 
@@ -783,6 +796,7 @@ def run_suite(
         dtype: ``"float32"`` or ``"bfloat16"``, for the JAX systems (PyTorch: float32).
         reps: timed repetitions per system and pass, or None for each config's own.
         peak_size: the side of the square matmul that measures the peaks.
+        cooldown: seconds of sleep before each timed call (see :func:`time_round_robin`).
 
     Returns:
         The rows (per config, pass, system) and the matmul peaks in GFLOP/s by framework.
@@ -802,7 +816,9 @@ def run_suite(
         peaks = matmul_peaks(frameworks, size=peak_size, dtype=jax_dtype, progress=progress)
         rows = []
         for config, supported in plan:
-            rows += _run_config(config, supported, peers, jax_dtype, reps, peaks, progress)
+            rows += _run_config(
+                config, supported, peers, jax_dtype, reps, peaks, progress, cooldown
+            )
     finally:
         progress.close()
     return rows, peaks
@@ -816,6 +832,7 @@ def _run_config(
     reps: int | None,
     peaks: dict[str, float],
     progress: Any,
+    cooldown: float,
 ) -> list[Row]:
     """Builds, checks and times the ``supported`` peers on ``config``; n/a rows for the
     other ``peers``."""
@@ -851,7 +868,9 @@ def _run_config(
         for name, runner in runners.items()
         for pass_name in PASSES
     }
-    times = time_round_robin(thunks, reps=reps or config.reps, warmup=0, progress=progress)
+    times = time_round_robin(
+        thunks, reps=reps or config.reps, warmup=0, progress=progress, cooldown=cooldown
+    )
 
     rows = []
     for pass_name in PASSES:
@@ -901,7 +920,8 @@ def format_report(
     lines = [
         f"jaxlstm-bench on {machine['cpu']} ({machine['cpu_count']} cores), "
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
-        f"load average {_fmt(machine['load_average'], '.2f')} before the run",
+        f"load average {_fmt(machine['load_average'], '.2f')} before the run, "
+        f"{_fmt(machine.get('cooldown_ms'), 'g')} ms of sleep before each timed call",
         "matmul peak ({0}x{0}): {1}".format(
             peak_size,
             ", ".join(
@@ -1064,6 +1084,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reps", type=_positive_int, metavar="N", help="timed repetitions per system and pass"
     )
+    parser.add_argument(
+        "--cooldown",
+        type=float,
+        default=_COOLDOWN_MS,
+        metavar="MS",
+        help="milliseconds of sleep before each timed call, so that no system's leftover "
+        "threads (PyTorch's OpenMP workers spin for milliseconds after their work) run "
+        f"into the next one's time; 0 for back-to-back calls (default: {_COOLDOWN_MS:g})",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     return parser
@@ -1102,10 +1131,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             skipped.append(f"{peer.name}: skipped, {peer.module} does not import ({error})")
 
     try:
-        rows, peaks = run_suite(configs, peers, dtype=args.dtype, reps=reps, peak_size=peak_size)
+        rows, peaks = run_suite(
+            configs,
+            peers,
+            dtype=args.dtype,
+            reps=reps,
+            peak_size=peak_size,
+            cooldown=max(args.cooldown, 0.0) / 1e3,
+        )
     except OutputMismatchError as error:
         sys.exit(f"jaxlstm-bench: error: {error}")
     machine = machine_info(peers)
+    machine["cooldown_ms"] = max(args.cooldown, 0.0)
     print(
         format_report(
             rows,

@@ -173,3 +173,11 @@ def test_round_robin_rotates_the_order():
     assert calls == [*"abc", *"abc", *"bca", *"cab"]
     assert {k: v.shape for k, v in times.items()} == {k: (3,) for k in "abc"}
     assert progress.n == 12
+
+
+def test_round_robin_sleeps_before_each_timed_call_only(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
+    thunks = {k: (lambda: None) for k in "ab"}
+    bench.time_round_robin(thunks, reps=2, warmup=1, progress=_Count(), cooldown=0.02)
+    assert sleeps == [0.02] * 4
