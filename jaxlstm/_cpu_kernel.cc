@@ -200,8 +200,15 @@ inline __m512 Exp(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// 1 / d for d >= 1: the 14-bit estimate and one Newton step (relative error ~2^-28, below
+// float rounding), cheaper than a division.
+inline __m512 Reciprocal(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, Set(2.0f)));
+}
+
 inline __m512 Sigmoid(__m512 x) {
-  return _mm512_div_ps(Set(1.0f), _mm512_add_ps(Set(1.0f), Exp(_mm512_sub_ps(Set(0.0f), x))));
+  return Reciprocal(_mm512_add_ps(Set(1.0f), Exp(_mm512_sub_ps(Set(0.0f), x))));
 }
 
 // tanh(x): an odd polynomial below |x| = 0.625 (Cephes' tanhf), 1 - 2 / (exp(2|x|) + 1)
@@ -216,7 +223,7 @@ inline __m512 Tanh(__m512 x) {
   p = _mm512_fmadd_ps(p, s, Set(-3.33332819422e-1f));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), x, x);
   const __m512 e = Exp(_mm512_add_ps(ax, ax));
-  __m512 large = _mm512_sub_ps(Set(1.0f), _mm512_div_ps(Set(2.0f), _mm512_add_ps(e, Set(1.0f))));
+  __m512 large = _mm512_fnmadd_ps(Set(2.0f), Reciprocal(_mm512_add_ps(e, Set(1.0f))), Set(1.0f));
   large = _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(large),
       _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
