@@ -60,7 +60,6 @@ _QUICK_CONFIGS = ("typical",)
 _QUICK_REPS = 3
 _PEAK_SIZE = {False: 2048, True: 1024}  # by --quick
 _PEAK_REPS = 5
-_COOLDOWN_MS = 20.0  # sleep before each timed call (see time_round_robin)
 _SEED = 0
 
 
@@ -621,23 +620,26 @@ def time_round_robin(
     reps: int,
     warmup: int,
     progress: Any,
-    cooldown: float = 0.0,
+    groups: dict[Any, str] | None = None,
 ) -> dict[Any, np.ndarray]:
     """Times each thunk ``reps`` times, interleaved, after ``warmup`` untimed calls each.
 
     Round ``r`` calls the thunks in their order rotated by ``r``, so a slow spell of the
     machine falls on all of them and no thunk always runs first. The garbage collector
-    is paused while timing. Each thunk must block until its work is done. ``cooldown``
-    seconds of sleep before each timed call let the threads of the call before finish
-    winding down: libgomp's workers (PyTorch's) spin for milliseconds after their work,
-    taking a core from whatever runs next.
+    is paused while timing. Each thunk must block until its work is done.
+
+    With ``groups`` (a framework per thunk), a thunk whose group differs from the one
+    timed just before it is first called once untimed: each framework is timed in its
+    own steady state, not in the wake of another's. (PyTorch's libgomp workers spin on a
+    core for milliseconds after their work, which slowed the next system's call by up to
+    60%; and they go to sleep when not called, which slowed PyTorch's next call.)
 
     Args:
         thunks: the callables to time, by key.
         reps: timed calls of each.
         warmup: untimed calls of each, first.
-        progress: a progress bar, advanced once per call.
-        cooldown: seconds to sleep before each timed call (not timed).
+        progress: a progress bar, advanced once per timed call.
+        groups: the framework of each thunk, by key, or None (no settling calls).
 
     Returns:
         Milliseconds per call, ``(reps,)`` per key.
@@ -648,14 +650,16 @@ def time_round_robin(
             progress.update()
     keys = list(thunks)
     times: dict[Any, list[float]] = {k: [] for k in keys}
+    previous = None
     gc.collect()
     gc.disable()
     try:
         for r in range(reps):
             shift = r % len(keys)
             for key in keys[shift:] + keys[:shift]:
-                if cooldown:
-                    time.sleep(cooldown)
+                if groups is not None and groups[key] != previous:
+                    thunks[key]()  # settle: the first call after another framework's
+                previous = None if groups is None else groups[key]
                 start = time.perf_counter()
                 thunks[key]()
                 times[key].append((time.perf_counter() - start) * 1e3)
@@ -786,7 +790,7 @@ def run_suite(
     dtype: str,
     reps: int | None,
     peak_size: int,
-    cooldown: float = 0.0,
+    settle: bool = True,
 ) -> tuple[list[Row], dict[str, float]]:
     """Checks and times every peer on every config.
 
@@ -796,7 +800,8 @@ def run_suite(
         dtype: ``"float32"`` or ``"bfloat16"``, for the JAX systems (PyTorch: float32).
         reps: timed repetitions per system and pass, or None for each config's own.
         peak_size: the side of the square matmul that measures the peaks.
-        cooldown: seconds of sleep before each timed call (see :func:`time_round_robin`).
+        settle: call a system once untimed when the framework timed just before was
+            another (see :func:`time_round_robin`).
 
     Returns:
         The rows (per config, pass, system) and the matmul peaks in GFLOP/s by framework.
@@ -816,9 +821,7 @@ def run_suite(
         peaks = matmul_peaks(frameworks, size=peak_size, dtype=jax_dtype, progress=progress)
         rows = []
         for config, supported in plan:
-            rows += _run_config(
-                config, supported, peers, jax_dtype, reps, peaks, progress, cooldown
-            )
+            rows += _run_config(config, supported, peers, jax_dtype, reps, peaks, progress, settle)
     finally:
         progress.close()
     return rows, peaks
@@ -832,7 +835,7 @@ def _run_config(
     reps: int | None,
     peaks: dict[str, float],
     progress: Any,
-    cooldown: float,
+    settle: bool,
 ) -> list[Row]:
     """Builds, checks and times the ``supported`` peers on ``config``; n/a rows for the
     other ``peers``."""
@@ -868,8 +871,9 @@ def _run_config(
         for name, runner in runners.items()
         for pass_name in PASSES
     }
+    groups = {key: PEERS[key[0]].framework for key in thunks} if settle else None
     times = time_round_robin(
-        thunks, reps=reps or config.reps, warmup=0, progress=progress, cooldown=cooldown
+        thunks, reps=reps or config.reps, warmup=0, progress=progress, groups=groups
     )
 
     rows = []
@@ -920,8 +924,12 @@ def format_report(
     lines = [
         f"jaxlstm-bench on {machine['cpu']} ({machine['cpu_count']} cores), "
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
-        f"load average {_fmt(machine['load_average'], '.2f')} before the run, "
-        f"{_fmt(machine.get('cooldown_ms'), 'g')} ms of sleep before each timed call",
+        f"load average {_fmt(machine['load_average'], '.2f')} before the run"
+        + (
+            ", one untimed call before a system's first after another framework's"
+            if machine.get("settling_calls")
+            else ", back to back"
+        ),
         "matmul peak ({0}x{0}): {1}".format(
             peak_size,
             ", ".join(
@@ -1085,13 +1093,11 @@ def _parser() -> argparse.ArgumentParser:
         "--reps", type=_positive_int, metavar="N", help="timed repetitions per system and pass"
     )
     parser.add_argument(
-        "--cooldown",
-        type=float,
-        default=_COOLDOWN_MS,
-        metavar="MS",
-        help="milliseconds of sleep before each timed call, so that no system's leftover "
-        "threads (PyTorch's OpenMP workers spin for milliseconds after their work) run "
-        f"into the next one's time; 0 for back-to-back calls (default: {_COOLDOWN_MS:g})",
+        "--back-to-back",
+        action="store_true",
+        help="time each call right after the previous system's, with no untimed call of "
+        "its own first when the framework changes (PyTorch's spinning OpenMP workers then "
+        "slow whatever runs next)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
@@ -1137,12 +1143,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             dtype=args.dtype,
             reps=reps,
             peak_size=peak_size,
-            cooldown=max(args.cooldown, 0.0) / 1e3,
+            settle=not args.back_to_back,
         )
     except OutputMismatchError as error:
         sys.exit(f"jaxlstm-bench: error: {error}")
     machine = machine_info(peers)
-    machine["cooldown_ms"] = max(args.cooldown, 0.0)
+    machine["settling_calls"] = not args.back_to_back
     print(
         format_report(
             rows,

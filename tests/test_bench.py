@@ -175,9 +175,11 @@ def test_round_robin_rotates_the_order():
     assert progress.n == 12
 
 
-def test_round_robin_sleeps_before_each_timed_call_only(monkeypatch):
-    sleeps = []
-    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
-    thunks = {k: (lambda: None) for k in "ab"}
-    bench.time_round_robin(thunks, reps=2, warmup=1, progress=_Count(), cooldown=0.02)
-    assert sleeps == [0.02] * 4
+def test_round_robin_settles_each_framework_change():
+    calls = []
+    thunks = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    groups = {"a": "jax", "b": "jax", "c": "torch"}
+    times = bench.time_round_robin(thunks, reps=2, warmup=0, progress=_Count(), groups=groups)
+    # round 0: a (settled: first call), b, c (settled); round 1: b, c, a, each settled
+    assert calls == [*"aabcc", *"bbccaa"]
+    assert {k: v.shape for k, v in times.items()} == {k: (2,) for k in "abc"}
