@@ -2,10 +2,10 @@
 //
 // What they compute is jaxlstm._scan.scan_layer and the loop of its reverse mode
 // (float32, no projection, every direction of a layer at once): each step's gate matmul
-// [x_t | h] @ [w_ih | w_hh]^T with the gate nonlinearities, the cell update and the length masks done on the
-// matmul's accumulators while they are in registers, the hidden units shared out over the
-// calling thread and XLA's intra-op threads, the steps in order. jaxlstm/_kernel.py holds
-// the rest of the layer (input and weight gradients) and the contract.
+// [x_t | h] @ [w_ih | w_hh]^T with the gate nonlinearities, the cell update and the length masks
+// done on the matmul's accumulators while they are in registers, the hidden units shared out over
+// the calling thread and XLA's intra-op threads, the steps in order. jaxlstm/_kernel.py holds the
+// rest of the layer (input and weight gradients) and the contract.
 //
 // Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
 // direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
@@ -25,11 +25,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
+#include <memory>
+#include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -38,9 +39,9 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kLanes = 16;       // floats in a 512-bit register
+constexpr int kLanes = 16;          // floats in a 512-bit register
 constexpr int kPanel = 4 * kLanes;  // columns of one packed weight panel
-constexpr int kRows = 6;         // batch rows per register tile: 6 x 4 accumulators
+constexpr int kRows = 6;            // batch rows per register tile: 6 x 4 accumulators
 
 // Waits until ready() holds: spinning (a step takes tens of microseconds), then yielding
 // the core in case the thread waited for is not running (more threads than cores).
@@ -183,9 +184,10 @@ int ThreadsFor(int64_t items, double flops_per_step) {
 
 inline __m512 Set(float v) { return _mm512_set1_ps(v); }
 
-// exp(x) to about 1 ulp (Cephes' expf polynomial), x clamped to float's range.
+// exp(x) to about 1 ulp (Cephes' expf polynomial), x clamped to float's range; NaN stays
+// NaN (min/max return their second operand when either is NaN).
 inline __m512 Exp(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, Set(-87.33654f)), Set(88.37626f));
+  x = _mm512_max_ps(Set(-87.33654f), _mm512_min_ps(Set(88.37626f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, Set(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, Set(0.693359375f), x);
@@ -224,9 +226,9 @@ inline __m512 Tanh(__m512 x) {
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), x, x);
   const __m512 e = Exp(_mm512_add_ps(ax, ax));
   __m512 large = _mm512_fnmadd_ps(Set(2.0f), Reciprocal(_mm512_add_ps(e, Set(1.0f))), Set(1.0f));
-  large = _mm512_castsi512_ps(_mm512_or_si512(
-      _mm512_castps_si512(large),
-      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
+  large = _mm512_castsi512_ps(
+      _mm512_or_si512(_mm512_castps_si512(large),
+                      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, Set(0.625f), _CMP_LT_OQ), large, small);
 }
 
@@ -246,8 +248,7 @@ inline __m512 Mac(__m512 sums, const float* a, const float* b) {
 inline __m512 Mac(__m512 sums, const Bf16* a, const Bf16* b) {
   int32_t pair;
   std::memcpy(&pair, a, sizeof(pair));
-  return _mm512_dpbf16_ps(sums, (__m512bh)_mm512_set1_epi32(pair),
-                          (__m512bh)_mm512_loadu_si512(b));
+  return _mm512_dpbf16_ps(sums, (__m512bh)_mm512_set1_epi32(pair), (__m512bh)_mm512_loadu_si512(b));
 }
 
 // acc[64 r + 16 q + lane] (+)= sum_k a[r * lda + k] * W[k][16 q + lane] for R rows of a,
@@ -265,9 +266,9 @@ inline void Gemm(const M* a, int64_t lda, const M* panel, int64_t rows, bool add
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q)
-        c[bank][r][q] = add && bank == 0 ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q)
-                                         : _mm512_setzero_ps();
-  auto step = [&](int64_t p, __m512 (&sums)[R][4]) {
+        c[bank][r][q] =
+            add && bank == 0 ? _mm512_loadu_ps(acc + kPanel * r + kLanes * q) : _mm512_setzero_ps();
+  auto step = [&](int64_t p, __m512(&sums)[R][4]) {
     const M* row = panel + p * kRow;
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
@@ -311,12 +312,24 @@ inline void Product(const M* a, int64_t lda, int64_t rows, const M* panel, int64
       n0 += height;
       const bool more = add || p0 > 0;
       switch (height) {
-        case 1: Gemm<1>(a0, lda, block, depth, more, c); break;
-        case 2: Gemm<2>(a0, lda, block, depth, more, c); break;
-        case 3: Gemm<3>(a0, lda, block, depth, more, c); break;
-        case 4: Gemm<4>(a0, lda, block, depth, more, c); break;
-        case 5: Gemm<5>(a0, lda, block, depth, more, c); break;
-        default: Gemm<6>(a0, lda, block, depth, more, c); break;
+        case 1:
+          Gemm<1>(a0, lda, block, depth, more, c);
+          break;
+        case 2:
+          Gemm<2>(a0, lda, block, depth, more, c);
+          break;
+        case 3:
+          Gemm<3>(a0, lda, block, depth, more, c);
+          break;
+        case 4:
+          Gemm<4>(a0, lda, block, depth, more, c);
+          break;
+        case 5:
+          Gemm<5>(a0, lda, block, depth, more, c);
+          break;
+        default:
+          Gemm<6>(a0, lda, block, depth, more, c);
+          break;
       }
     }
   }
@@ -407,8 +420,7 @@ const M* PackBackward(const Shape& s, const M* w) {
     for (int64_t j = 0; j < s.H; ++j) {
       const M* src = w + (d * s.H + j) * G;
       M* dst = &packed[(d * tiles + j / kPanel) * G * kPanel + j % kPanel * kPack<M>];
-      for (int64_t k = 0; k < G; ++k)
-        dst[k / kPack<M> * kPanel * kPack<M> + k % kPack<M>] = src[k];
+      for (int64_t k = 0; k < G; ++k) dst[k / kPack<M> * kPanel * kPack<M> + k % kPack<M>] = src[k];
     }
   return packed;
 }
@@ -523,7 +535,7 @@ struct Backward {
   const int32_t* lengths;
   const float *d_hn, *d_cn;
   float *dgates, *dh0, *dc0;  // dgates may alias acts
-  M* gm = nullptr;  // the bfloat16 copies below
+  M* gm = nullptr;            // the bfloat16 copies below
 
   void Run(ffi::ThreadPool& pool) {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
@@ -651,80 +663,72 @@ const M* Data(MBuf<M> buffer) {
   return reinterpret_cast<const M*>(buffer.typed_data());
 }
 
+// Runs a kernel; a failed allocation of its working memory becomes an XLA error.
+template <typename Kernel>
+ffi::Error Guarded(Kernel kernel, ffi::ThreadPool& pool) {
+  try {
+    kernel.Run(pool);
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "jaxlstm's CPU kernel could not allocate its working memory");
+  }
+  return ffi::Error::Success();
+}
+
 template <typename M, bool kSave>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w, F32 h0,
-                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts,
-                       F32Out cs, F32Out hp) {
+                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
+                       F32Out hp) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, N, Ie), (D, N, H)
-  Forward<M>{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]},
-             Data<M>(x),
-             Data<M>(w_ih),
-             b.typed_data(),
-             Data<M>(w),
-             h0.typed_data(),
-             c0.typed_data(),
-             lengths.typed_data(),
-             ys->typed_data(),
-             hn->typed_data(),
-             cn->typed_data(),
-             kSave ? acts->typed_data() : nullptr,
-             kSave ? cs->typed_data() : nullptr,
-             kSave ? hp->typed_data() : nullptr}
-      .Run(pool);
-  return ffi::Error::Success();
+  return Guarded(Forward<M>{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih),
+                            b.typed_data(), Data<M>(w), h0.typed_data(), c0.typed_data(),
+                            lengths.typed_data(), ys->typed_data(), hn->typed_data(),
+                            cn->typed_data(), kSave ? acts->typed_data() : nullptr,
+                            kSave ? cs->typed_data() : nullptr, kSave ? hp->typed_data() : nullptr},
+                 pool);
 }
 
 template <typename M>
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w, F32 c0,
-                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0,
-                        F32Out dc0) {
-  Backward<M>{ShapeOf(acts.dimensions()),
-              d_ys.typed_data(),
-              acts.typed_data(),
-              cs.typed_data(),
-              Data<M>(w),
-              c0.typed_data(),
-              lengths.typed_data(),
-              d_hn.typed_data(),
-              d_cn.typed_data(),
-              dgates->typed_data(),
-              dh0->typed_data(),
-              dc0->typed_data()}
-      .Run(pool);
-  return ffi::Error::Success();
+                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0, F32Out dc0) {
+  return Guarded(
+      Backward<M>{ShapeOf(acts.dimensions()), d_ys.typed_data(), acts.typed_data(), cs.typed_data(),
+                  Data<M>(w), c0.typed_data(), lengths.typed_data(), d_hn.typed_data(),
+                  d_cn.typed_data(), dgates->typed_data(), dh0->typed_data(), dc0->typed_data()},
+      pool);
 }
 
 // Arguments and results in ForwardImpl's and BackwardImpl's order, MB the buffers of the
 // matmul operands.
-#define FORWARD_BINDING(MB)                                                               \
-  ffi::Ffi::Bind()                                                                        \
-      .Ctx<ffi::ThreadPool>()                                                             \
-      .Arg<MB>()                                                                          \
-      .Arg<MB>()                                                                          \
-      .Arg<F32>()                                                                         \
-      .Arg<MB>()                                                                          \
-      .Arg<F32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Arg<S32>()                                                                         \
-      .Ret<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
+#define FORWARD_BINDING(MB)   \
+  ffi::Ffi::Bind()            \
+      .Ctx<ffi::ThreadPool>() \
+      .Arg<MB>()              \
+      .Arg<MB>()              \
+      .Arg<F32>()             \
+      .Arg<MB>()              \
+      .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Arg<S32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
       .Ret<F32>()
-#define BACKWARD_BINDING(MB)                                                              \
-  ffi::Ffi::Bind()                                                                        \
-      .Ctx<ffi::ThreadPool>()                                                             \
-      .Arg<F32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Arg<MB>()                                                                          \
-      .Arg<F32>()                                                                         \
-      .Arg<S32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Arg<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
-      .Ret<F32>()                                                                         \
+#define BACKWARD_BINDING(MB)  \
+  ffi::Ffi::Bind()            \
+      .Ctx<ffi::ThreadPool>() \
+      .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Arg<MB>()              \
+      .Arg<F32>()             \
+      .Arg<S32>()             \
+      .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
       .Ret<F32>()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));

@@ -288,3 +288,20 @@ def test_results_are_bitwise_the_same_on_busy_cores():
     finally:
         for p in spinners:
             p.join()
+
+
+def test_nan_and_inf_in_the_input_act_as_on_the_scan_path(monkeypatch):
+    """A NaN in a sequence's input makes its outputs NaN from that step on, as on the
+    ``lax.scan`` path and in PyTorch (the kernel's exp does not clamp NaN to a number);
+    infinities saturate the gates alike."""
+    params, x, hx, _, lengths = _inputs(CONFIGS["partial-tiles-bidirectional"], seed=5)
+    x[2, 0, 1] = np.nan
+    x[3, 1, :] = np.inf
+    x[4, 2, 0] = -np.inf
+    forward = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n))
+    kernel = forward(params, x, hx, lengths)
+    assert np.isnan(kernel[0][2:, 0, 0]).all()  # forward direction, from step 2 on
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
+    scan = forward(params, x, hx, lengths)
+    for got, want in zip(jax.tree.leaves(kernel), jax.tree.leaves(scan), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)  # NaN == NaN here
