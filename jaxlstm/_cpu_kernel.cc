@@ -390,22 +390,24 @@ const M* PackForward(const Shape& s, const M* w_ih, const M* w) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
   const int64_t Ie = Padded<M>(s.I), K = Ie + Padded<M>(s.H), size = s.D * tiles * K * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
-  std::fill(packed, packed + size, M{});
-  auto put = [&](int64_t d, int64_t gate, int64_t unit, int64_t k, M value) {
-    const int64_t col = gate * kLanes + unit % kLanes;
-    packed[(d * tiles + unit / kLanes) * K * kPanel + k / kPack<M> * kPanel * kPack<M> +
-           col * kPack<M> + k % kPack<M>] = value;
-  };
-  for (int64_t d = 0; d < s.D; ++d) {
-    for (int64_t g = 0; g < G; ++g) {  // w_ih rows, read along k
-      const M* src = w_ih + (d * G + g) * Ie;
-      for (int64_t k = 0; k < Ie; ++k) put(d, g / s.H, g % s.H, k, src[k]);
-    }
-    for (int64_t k = 0; k < s.H; ++k) {  // w rows (w_hh^T)
-      const M* src = w + (d * s.H + k) * G;
-      for (int64_t g = 0; g < G; ++g) put(d, g / s.H, g % s.H, Ie + k, src[g]);
-    }
-  }
+  // Written in order, one panel row at a time (the inputs are read across rows instead:
+  // reads that miss the cache cost less than scattered writes that do).
+  M* dst = packed;
+  for (int64_t d = 0; d < s.D; ++d)
+    for (int64_t u = 0; u < tiles; ++u)
+      for (int64_t k0 = 0; k0 < K; k0 += kPack<M>)
+        for (int gate = 0; gate < 4; ++gate)
+          for (int64_t lane = 0; lane < kLanes; ++lane)
+            for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
+              const int64_t unit = u * kLanes + lane, g = gate * s.H + unit;
+              M value{};
+              if (unit < s.H && k < Ie) {
+                value = w_ih[(d * G + g) * Ie + k];
+              } else if (unit < s.H && k - Ie < s.H) {
+                value = w[(d * s.H + k - Ie) * G + g];
+              }
+              *dst++ = value;
+            }
   return packed;
 }
 
@@ -415,13 +417,15 @@ template <typename M>
 const M* PackBackward(const Shape& s, const M* w) {
   const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), size = s.D * tiles * G * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
-  std::fill(packed, packed + size, M{});
+  M* dst = packed;  // in order, as in PackForward
   for (int64_t d = 0; d < s.D; ++d)
-    for (int64_t j = 0; j < s.H; ++j) {
-      const M* src = w + (d * s.H + j) * G;
-      M* dst = &packed[(d * tiles + j / kPanel) * G * kPanel + j % kPanel * kPack<M>];
-      for (int64_t k = 0; k < G; ++k) dst[k / kPack<M> * kPanel * kPack<M> + k % kPack<M>] = src[k];
-    }
+    for (int64_t v = 0; v < tiles; ++v)
+      for (int64_t k0 = 0; k0 < G; k0 += kPack<M>)
+        for (int64_t lane = 0; lane < kPanel; ++lane)
+          for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
+            const int64_t unit = v * kPanel + lane;
+            *dst++ = unit < s.H ? w[(d * s.H + unit) * G + k] : M{};
+          }
   return packed;
 }
 
