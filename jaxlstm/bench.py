@@ -628,18 +628,19 @@ def time_round_robin(
     machine falls on all of them and no thunk always runs first. The garbage collector
     is paused while timing. Each thunk must block until its work is done.
 
-    With ``groups`` (a framework per thunk), a thunk whose group differs from the one
-    timed just before it is first called once untimed: each framework is timed in its
-    own steady state, not in the wake of another's. (PyTorch's libgomp workers spin on a
-    core for milliseconds after their work, which slowed the next system's call by up to
-    60%; and they go to sleep when not called, which slowed PyTorch's next call.)
+    With ``groups`` (a system per thunk), a thunk whose group differs from the one timed
+    just before it is first called once untimed: each system is timed in its own steady
+    state, as in a loop of its own calls, not in the wake of another's. (PyTorch's
+    libgomp workers spin on a core for milliseconds after their work, which slowed the
+    next system's call by up to 60%, and go to sleep when not called, which slows
+    PyTorch's next call; a large XLA program's clean-up slowed the next one by up to 40%.)
 
     Args:
         thunks: the callables to time, by key.
         reps: timed calls of each.
         warmup: untimed calls of each, first.
         progress: a progress bar, advanced once per timed call.
-        groups: the framework of each thunk, by key, or None (no settling calls).
+        groups: the system of each thunk, by key, or None (no settling calls).
 
     Returns:
         Milliseconds per call, ``(reps,)`` per key.
@@ -658,7 +659,7 @@ def time_round_robin(
             shift = r % len(keys)
             for key in keys[shift:] + keys[:shift]:
                 if groups is not None and groups[key] != previous:
-                    thunks[key]()  # settle: the first call after another framework's
+                    thunks[key]()  # settle: the first call after another system's
                 previous = None if groups is None else groups[key]
                 start = time.perf_counter()
                 thunks[key]()
@@ -800,8 +801,8 @@ def run_suite(
         dtype: ``"float32"`` or ``"bfloat16"``, for the JAX systems (PyTorch: float32).
         reps: timed repetitions per system and pass, or None for each config's own.
         peak_size: the side of the square matmul that measures the peaks.
-        settle: call a system once untimed when the framework timed just before was
-            another (see :func:`time_round_robin`).
+        settle: call a system once untimed when the system timed just before was another
+            (see :func:`time_round_robin`).
 
     Returns:
         The rows (per config, pass, system) and the matmul peaks in GFLOP/s by framework.
@@ -871,7 +872,7 @@ def _run_config(
         for name, runner in runners.items()
         for pass_name in PASSES
     }
-    groups = {key: PEERS[key[0]].framework for key in thunks} if settle else None
+    groups = {key: key[0] for key in thunks} if settle else None  # by system
     times = time_round_robin(
         thunks, reps=reps or config.reps, warmup=0, progress=progress, groups=groups
     )
@@ -926,7 +927,7 @@ def format_report(
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
         f"load average {_fmt(machine['load_average'], '.2f')} before the run"
         + (
-            ", one untimed call before a system's first after another framework's"
+            ", each system called once untimed before its first call after another system's"
             if machine.get("settling_calls")
             else ", back to back"
         ),
@@ -1096,8 +1097,8 @@ def _parser() -> argparse.ArgumentParser:
         "--back-to-back",
         action="store_true",
         help="time each call right after the previous system's, with no untimed call of "
-        "its own first when the framework changes (PyTorch's spinning OpenMP workers then "
-        "slow whatever runs next)",
+        "its own first (PyTorch's spinning OpenMP workers and large XLA programs' clean-up "
+        "then slow whatever runs next)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
