@@ -101,8 +101,8 @@ class Team {
   }
 
  private:
-  // Backups wait this many cycles past four of the thread's own item-times.
-  static constexpr uint64_t kPatience = 40000;
+  // Backups wait this many cycles past three of the thread's own item-times (~3.5 us).
+  static constexpr uint64_t kPatience = 12000;
 
   void Join(int thread) {
     inside_.fetch_add(1);
@@ -120,7 +120,7 @@ class Team {
         }
         uint64_t since = __rdtsc();
         for (int spins = 0; Completed() <= step; ++spins) {
-          if (backups_ && __rdtsc() - since > 4 * item_cycles + kPatience) {
+          if (backups_ && __rdtsc() - since > 3 * item_cycles + kPatience) {
             for (int64_t item = 0; item < items_; ++item) {
               if (done_[item].load() == step) Execute(item, step, thread, item_cycles);
             }
@@ -446,14 +446,17 @@ struct Forward {
     const M* panels = PackForward(s, w_ih, w);
     // The (D, N, H) states before each step and after the last: step t reads entry t and
     // writes entry t + 1, so a step's work can be run again (see Team) with the same result.
-    float* h = Reused<float, kHSlot>((s.L + 1) * DNH);
-    float* c = Reused<float, kCSlot>((s.L + 1) * DNH);
+    // Entries an odd number of cache lines apart, the arrays at different offsets in a
+    // page: states of consecutive steps and of h and c then fall in different cache sets.
+    const int64_t SH = (DNH + 15) / 16 * 16 + 16, SM = (DNHe + 31) / 32 * 32 + 32;
+    float* h = Reused<float, kHSlot>((s.L + 1) * SH + 256) + 0;
+    float* c = Reused<float, kCSlot>((s.L + 1) * SH + 256) + 128;
     std::copy(h0, h0 + DNH, h);
     std::copy(c0, c0 + DNH, c);
     // The matmul's operand h: the states themselves, or their (D, N, He) copies in M.
     M* hm = nullptr;
     if constexpr (!std::is_same_v<M, float>) {
-      hm = Reused<M, kHmSlot>((s.L + 1) * DNHe);
+      hm = Reused<M, kHmSlot>((s.L + 1) * SM + 1024) + 768;
       for (int64_t dn = 0; dn < s.D * s.N; ++dn) {
         for (int64_t unit = 0; unit < s.H; unit += kLanes) {
           const __mmask16 m = UnitMask(unit, s.H);
@@ -461,7 +464,8 @@ struct Forward {
         }
       }
       if (He != s.H) {  // the padding column of every state: zero
-        for (int64_t r = 0; r < (s.L + 1) * s.D * s.N; ++r) hm[r * He + s.H] = M{};
+        for (int64_t t = 0; t <= s.L; ++t)
+          for (int64_t dn = 0; dn < s.D * s.N; ++dn) hm[t * SM + dn * He + s.H] = M{};
       }
     }
     const int64_t items = s.D * tiles;
@@ -469,15 +473,15 @@ struct Forward {
     float* scratch = Reused<float, kAccSlot>(threads * kPanel * s.N);  // accumulators
     Team::Run(pool, threads, items, s.L, true, [&](int64_t item, int64_t step, int thread) {
       float* acc = &scratch[thread * kPanel * s.N];
-      const State in{&h[step * DNH], &c[step * DNH]};
-      const State out{&h[(step + 1) * DNH], &c[(step + 1) * DNH]};
+      const State in{&h[step * SH], &c[step * SH]};
+      const State out{&h[(step + 1) * SH], &c[(step + 1) * SH]};
       const M* a_in;
       M* a_out = nullptr;
       if constexpr (std::is_same_v<M, float>) {
         a_in = in.h;
       } else {
-        a_in = &hm[step * DNHe];
-        a_out = &hm[(step + 1) * DNHe];
+        a_in = &hm[step * SM];
+        a_out = &hm[(step + 1) * SM];
       }
       const int64_t d = item / tiles, unit = item % tiles * kLanes;
       const __mmask16 m = UnitMask(unit, s.H);
@@ -492,8 +496,8 @@ struct Forward {
           StoreBf16(m, a_out + (d * s.N + n) * He + unit, h_next);
       }
     });
-    std::copy(h + s.L * DNH, h + (s.L + 1) * DNH, hn);
-    std::copy(c + s.L * DNH, c + (s.L + 1) * DNH, cn);
+    std::copy(h + s.L * SH, h + s.L * SH + DNH, hn);
+    std::copy(c + s.L * SH, c + s.L * SH + DNH, cn);
   }
 
   struct State {
