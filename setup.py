@@ -16,7 +16,7 @@ def _ffi_include() -> str:
     spec = importlib.util.find_spec("jaxlib")
     if spec is None or not spec.submodule_search_locations:
         return ""
-    return os.path.join(list(spec.submodule_search_locations)[0], "include")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "include")
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -28,7 +28,12 @@ setup(
             sources=["jaxlstm/_cpu_kernel.cc"],
             include_dirs=[_ffi_include()],
             language="c++",
-            extra_compile_args=["-std=c++17", "-O3", "-fvisibility=hidden", "-Wno-maybe-uninitialized"],
+            extra_compile_args=[
+                "-std=c++17",
+                "-O3",
+                "-fvisibility=hidden",
+                "-Wno-maybe-uninitialized",
+            ],
             extra_link_args=["-pthread"],
             optional=True,
         )

@@ -12,9 +12,10 @@ the layer's output: no flips, stacks or transposes around the loop. The results 
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
-Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
-``matmul_dtype``, ``checkpoint_every``, GPUs and TPUs, several devices, CPUs without
-AVX-512, an install without a C++ compiler. ``JAXLSTM_CPU_KERNEL=0`` in the environment
+``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16. Everything else takes
+the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``, ``checkpoint_every``
+shorter than the sequence, GPUs and TPUs, several devices, CPUs without AVX-512, an
+install without a C++ compiler. ``JAXLSTM_CPU_KERNEL=0`` in the environment
 turns the kernel off; it is read at each call of :func:`jaxlstm.lstm` (a static argument
 of its compiled function).
 """
@@ -28,8 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from jaxlstm._params import LayerParams
 
 Array = jax.Array
 
@@ -48,12 +47,11 @@ def available() -> bool:
     return os.environ.get("JAXLSTM_CPU_KERNEL", "1") != "0"
 
 
-def usable(
-    layer: tuple[LayerParams, ...], x: Array, matmul_dtype: Any, checkpoint_every: int | None
-) -> bool:
-    """Whether :func:`layer` computes this layer (at trace time, once :func:`available`)."""
+def usable(x: Array, w_hr_t: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> bool:
+    """Whether :func:`layer` computes the layer of input ``x`` and projection ``w_hr_t``
+    (at trace time, once :func:`available`)."""
     return (
-        layer[0].w_hr is None
+        w_hr_t is None
         and (
             matmul_dtype is None
             or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and _extension.supported_bf16())
@@ -67,8 +65,10 @@ def usable(
 
 
 def layer(
-    layer: tuple[LayerParams, ...],
     x: Array,
+    w_ih: Array,
+    b: Array | None,
+    w_hh_t: Array,
     h0: Array,
     c0: Array,
     lengths: Array | None,
@@ -77,8 +77,10 @@ def layer(
     """One layer, every direction, in the kernel; as :func:`jaxlstm._scan.scan_layer`.
 
     Args:
-        layer: ``D`` float32 :class:`LayerParams` without projection.
-        x: ``(L, N, H_in)``, zero past each length.
+        x: ``(L, N, H_in)`` float32, zero past each length.
+        w_ih: ``(D, 4H, H_in)``, the directions' ``w_ih`` stacked.
+        b: ``(D, 4H)``, ``b_ih + b_hh`` per direction, or ``None``.
+        w_hh_t: ``(D, H, 4H)``, the directions' ``w_hh`` transposed and stacked.
         h0, c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None``.
         matmul_dtype: ``None`` (float32 matmuls) or bfloat16: the kernel's step matmuls
@@ -89,9 +91,7 @@ def layer(
         ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
     """
     seq_len, batch, _ = x.shape
-    w_ih = jnp.concatenate([p.w_ih for p in layer])  # (D*4H, H_in)
-    b = None if layer[0].b_ih is None else jnp.stack([p.b_ih + p.b_hh for p in layer])
-    w_hh_t = jnp.stack([p.w_hh.T for p in layer])  # (D, H, 4H)
+    w_ih = w_ih.reshape(-1, w_ih.shape[-1])  # (D, 4H, H_in) -> (D*4H, H_in)
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     bf16 = matmul_dtype is not None

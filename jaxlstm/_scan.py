@@ -86,8 +86,6 @@ def scan_layer(
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
     seq_len, batch, _ = x.shape
-    if cpu_kernel and _kernel.usable(layer, x, matmul_dtype, checkpoint_every):
-        return _kernel.layer(layer, x, h0, c0, lengths, matmul_dtype)
     num_dirs = len(layer)
     weights = _Weights(
         w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)
@@ -95,6 +93,10 @@ def scan_layer(
         w_hh_t=jnp.stack([p.w_hh.T for p in layer]),  # (D, H_out, 4H)
         w_hr_t=None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer]),
     )
+    if cpu_kernel and _kernel.usable(x, weights.w_hr_t, matmul_dtype, checkpoint_every):
+        return _kernel.layer(
+            x, weights.w_ih, weights.b, weights.w_hh_t, h0, c0, lengths, matmul_dtype
+        )
     # Scan order: step t of direction 1 reads time L-1-t.
     xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
     valid = None
