@@ -22,11 +22,14 @@
 #include <Python.h>
 #include <immintrin.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <new>
 #include <thread>
@@ -56,6 +59,41 @@ void WaitUntil(const Ready& ready) {
   }
 }
 
+// AMX: the tile registers' shapes, which a thread loads before it multiplies with them
+// (palette 1: eight tiles of up to 16 rows of 64 bytes). The products (AmxProduct) use
+// tiles 0-3 for float32 sums of up to 16 rows by 16 columns, 4 and 5 for 32 k of up to 16
+// rows of the left operand (bfloat16), 6 and 7 for 32 x 16 blocks of the weights (16 rows
+// of pairs along k, as the panels hold them).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes[16] = {};  // per tile: bytes per row
+  uint8_t rows[16] = {};
+
+  // For row blocks of `height` (<= 16) rows.
+  explicit TileConfig(int64_t height) {
+    for (int tile = 0; tile < 8; ++tile) {
+      bytes[tile] = 64;
+      rows[tile] = tile < 6 ? static_cast<uint8_t>(height) : 16;
+    }
+  }
+};
+
+__attribute__((target("amx-tile"))) void LoadTiles(const TileConfig& tiles) {
+  _tile_loadconfig(&tiles);
+}
+
+// Gives the tiles back (their state then costs nothing at context switches).
+__attribute__((target("amx-tile"))) void ReleaseTiles() { _tile_release(); }
+
+// Whether this process may use AMX's bfloat16 tiles: the CPU has them and Linux grants
+// their state (a process asks once; the answer holds for all its threads).
+bool AmxGranted() {
+  constexpr long kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+         syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+}
+
 // Runs work(item, step, thread) for every item in [0, items) and step in [0, steps), all
 // items of a step before any of the next, on the calling thread and on up to threads - 1
 // tasks scheduled on XLA's intra-op thread pool (`thread` < threads names the running
@@ -69,12 +107,13 @@ void WaitUntil(const Ready& ready) {
 // them itself: a thread descheduled in the middle of an item (another process's threads
 // on the same cores) then holds nobody up. Helpers that start late find the steps done
 // and leave; the call returns once no thread is inside, and the shared state outlives it.
+// With `tiles`, each thread configures its AMX tiles so, and releases them when it leaves.
 class Team {
  public:
   template <typename Work>
   static void Run(ffi::ThreadPool& pool, int threads, int64_t items, int64_t steps, bool backups,
-                  const Work& work) {
-    auto team = std::make_shared<Team>(threads, items, steps, backups);
+                  const TileConfig* tiles, const Work& work) {
+    auto team = std::make_shared<Team>(threads, items, steps, backups, tiles);
     team->work_ = &work;
     team->call_ = [](const void* w, int64_t item, int64_t step, int thread) {
       (*static_cast<const Work*>(w))(item, step, thread);
@@ -87,11 +126,12 @@ class Team {
     WaitUntil([&] { return team->inside_.load() == 0; });
   }
 
-  Team(int threads, int64_t items, int64_t steps, bool backups)
+  Team(int threads, int64_t items, int64_t steps, bool backups, const TileConfig* tiles)
       : threads_(threads),
         items_(items),
         steps_(steps),
         backups_(backups),
+        tiles_(tiles),
         next_(new std::atomic<int64_t>[items]),
         done_(new std::atomic<int64_t>[items]) {
     for (int64_t i = 0; i < items; ++i) {
@@ -107,6 +147,7 @@ class Team {
   void Join(int thread) {
     inside_.fetch_add(1);
     if (!finished_.load()) {
+      if (tiles_ != nullptr) LoadTiles(*tiles_);
       const int64_t start = items_ * thread / threads_;
       uint64_t item_cycles = 0;  // a running mean of this thread's item durations
       for (int64_t step = Completed(); step < steps_; ++step) {
@@ -132,6 +173,7 @@ class Team {
           }
         }
       }
+      if (tiles_ != nullptr) ReleaseTiles();
     }
     inside_.fetch_sub(1);
   }
@@ -155,6 +197,7 @@ class Team {
   const int threads_;
   const int64_t items_, steps_;
   const bool backups_;
+  const TileConfig* tiles_;  // the AMX tiles each thread configures, or nullptr
   std::unique_ptr<std::atomic<int64_t>[]> next_;  // per item: the next step to start
   std::unique_ptr<std::atomic<int64_t>[]> done_;  // per item: the steps finished
   std::atomic<int> inside_{0};                    // threads inside Join
@@ -335,6 +378,95 @@ inline void Product(const M* a, int64_t lda, int64_t rows, const M* panel, int64
   }
 }
 
+// acc[64 n + 16 q + lane] = sum over the segments (a, lda, panel, k) of sum_k a[n * lda + k]
+// * W[k][16 q + lane], for n < blocks * height (the tiles' configured height): AMX's
+// bfloat16 tile products, the sums in tiles until the end, the panels in tile order
+// (PanelOffset). A segment's k is a multiple of 32 (a tile of weights); its rows past the
+// caller's may hold anything that is readable (each row of sums depends on its own row of
+// a only).
+struct Segment {
+  const Bf16* a;
+  int64_t lda;
+  const Bf16* panel;
+  int64_t k;
+};
+
+// The weights' tile of quarter q for k in [k0, k0 + 32), 16 rows of 64 bytes.
+inline const Bf16* WeightTile(const Bf16* panel, int64_t k0, int64_t q) {
+  return panel + (k0 / 32 * 4 + q) * 16 * kLanes * 2;
+}
+
+// Tiles 0-3 (the sums) = 0.
+__attribute__((target("amx-tile"))) inline void ZeroSums() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+__attribute__((target("avx512f,avx512bw,amx-tile,amx-bf16"))) void AmxProduct(
+    int64_t blocks, int64_t height, std::initializer_list<Segment> segments, float* acc) {
+  constexpr int64_t kTileRow = kLanes * 2 * sizeof(Bf16), kAccRow = kPanel * sizeof(float);
+  int64_t block = 0;
+  // Two row blocks at a time, half the columns at a time: tiles 0-3 hold the sums of 2 x 2
+  // (16 rows, 16 columns) blocks, 4 and 5 the rows of a, 6 and 7 the weights, each of
+  // which serves both row blocks (the weights come from the L2 cache: their bandwidth
+  // bounds the step).
+  for (; block + 2 <= blocks; block += 2) {
+    for (int64_t half = 0; half < 2; ++half) {
+      ZeroSums();
+      for (const Segment& g : segments) {
+        const Bf16* a = g.a + block * height * g.lda;
+        const int64_t stride = g.lda * sizeof(Bf16);
+        for (int64_t k = 0; k < g.k; k += 32) {
+          const Bf16* w = WeightTile(g.panel, k, 2 * half);
+          if (k + 32 < g.k) {  // the next two weight tiles (2 KB) on their way to L1
+            const char* next = reinterpret_cast<const char*>(WeightTile(g.panel, k + 32, 2 * half));
+            for (int line = 0; line < 32; ++line) _mm_prefetch(next + 64 * line, _MM_HINT_T0);
+          }
+          _tile_loadd(4, a + k, stride);
+          _tile_loadd(6, w, kTileRow);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_loadd(5, a + height * g.lda + k, stride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_loadd(7, w + 16 * kLanes * 2, kTileRow);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      float* c = acc + block * height * kPanel + half * 2 * kLanes;
+      _tile_stored(0, c, kAccRow);
+      _tile_stored(1, c + kLanes, kAccRow);
+      _tile_stored(2, c + height * kPanel, kAccRow);
+      _tile_stored(3, c + height * kPanel + kLanes, kAccRow);
+    }
+  }
+  // A last (or only) row block: tiles 0-3 hold its four quarters, 4 its rows of a, 6 and 7
+  // the weights in turn.
+  for (; block < blocks; ++block) {
+    ZeroSums();
+    for (const Segment& g : segments) {
+      const Bf16* a = g.a + block * height * g.lda;
+      for (int64_t k = 0; k < g.k; k += 32) {
+        _tile_loadd(4, a + k, g.lda * sizeof(Bf16));
+        _tile_loadd(6, WeightTile(g.panel, k, 0), kTileRow);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, WeightTile(g.panel, k, 1), kTileRow);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(6, WeightTile(g.panel, k, 2), kTileRow);
+        _tile_dpbf16ps(2, 4, 6);
+        _tile_loadd(7, WeightTile(g.panel, k, 3), kTileRow);
+        _tile_dpbf16ps(3, 4, 7);
+      }
+    }
+    float* c = acc + block * height * kPanel;
+    _tile_stored(0, c, kAccRow);
+    _tile_stored(1, c + kLanes, kAccRow);
+    _tile_stored(2, c + 2 * kLanes, kAccRow);
+    _tile_stored(3, c + 3 * kLanes, kAccRow);
+  }
+}
+
 // k rounded up to whole packed rows.
 template <typename M>
 constexpr int64_t Padded(int64_t k) {
@@ -381,22 +513,32 @@ T* Reused(int64_t n) {
   return cache.data();
 }
 
-// Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input and
-// hidden sizes padded to whole packed rows) of one tile's four gates side by side,
-// W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past H, I):
-// first w_ih (D*G, Ie), then w_hh from w (D, H, G) = w_hh^T.
+// Where 16 columns (quarter q of 64) of packed row p start in a panel: row after row, or
+// for AMX in tile order (tiles of 16 packed rows by 16 columns, 1 KB each, the four
+// quarters of 16 packed rows after one another).
 template <typename M>
-const M* PackForward(const Shape& s, const M* w_ih, const M* w) {
+int64_t PanelOffset(bool amx, int64_t p, int64_t q) {
+  constexpr int64_t kUnit = kLanes * kPack<M>;
+  return amx ? ((p / 16 * 4 + q) * 16 + p % 16) * kUnit : (p * 4 + q) * kUnit;
+}
+
+// Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input size
+// padded to whole packed rows, the hidden size padded to He) of one tile's four gates side
+// by side, W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past
+// H, I): first w_ih (D*G, Ie), then w_hh from w (D, H, G) = w_hh^T.
+template <typename M>
+const M* PackForward(const Shape& s, const M* w_ih, const M* w, int64_t He, bool amx) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
-  const int64_t Ie = Padded<M>(s.I), K = Ie + Padded<M>(s.H), size = s.D * tiles * K * kPanel;
+  const int64_t Ie = Padded<M>(s.I), K = Ie + He, size = s.D * tiles * K * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
-  // Written in order, one panel row at a time (the inputs are read across rows instead:
-  // reads that miss the cache cost less than scattered writes that do).
-  M* dst = packed;
+  // Written 16 columns at a time, in order but for AMX's tiles (the inputs are read across
+  // rows instead: reads that miss the cache cost less than scattered writes that do).
   for (int64_t d = 0; d < s.D; ++d)
-    for (int64_t u = 0; u < tiles; ++u)
+    for (int64_t u = 0; u < tiles; ++u) {
+      M* panel = packed + (d * tiles + u) * K * kPanel;
       for (int64_t k0 = 0; k0 < K; k0 += kPack<M>)
-        for (int gate = 0; gate < 4; ++gate)
+        for (int gate = 0; gate < 4; ++gate) {
+          M* dst = panel + PanelOffset<M>(amx, k0 / kPack<M>, gate);
           for (int64_t lane = 0; lane < kLanes; ++lane)
             for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
               const int64_t unit = u * kLanes + lane, g = gate * s.H + unit;
@@ -408,26 +550,41 @@ const M* PackForward(const Shape& s, const M* w_ih, const M* w) {
               }
               *dst++ = value;
             }
+        }
+    }
   return packed;
 }
 
 // Backward panels: for direction d and 64-unit tile v, W[k][lane] = w_hh[d][k][64 v + lane]
 // = w[d][64 v + lane][k] for k < G (zero past H).
 template <typename M>
-const M* PackBackward(const Shape& s, const M* w) {
+const M* PackBackward(const Shape& s, const M* w, bool amx) {
   const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), size = s.D * tiles * G * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
-  M* dst = packed;  // in order, as in PackForward
   for (int64_t d = 0; d < s.D; ++d)
-    for (int64_t v = 0; v < tiles; ++v)
+    for (int64_t v = 0; v < tiles; ++v) {
+      M* panel = packed + (d * tiles + v) * G * kPanel;
       for (int64_t k0 = 0; k0 < G; k0 += kPack<M>)
-        for (int64_t lane = 0; lane < kPanel; ++lane)
-          for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
-            const int64_t unit = v * kPanel + lane;
-            *dst++ = unit < s.H ? w[(d * s.H + unit) * G + k] : M{};
-          }
+        for (int q = 0; q < 4; ++q) {
+          M* dst = panel + PanelOffset<M>(amx, k0 / kPack<M>, q);  // as in PackForward
+          for (int64_t lane = 0; lane < kLanes; ++lane)
+            for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
+              const int64_t unit = v * kPanel + q * kLanes + lane;
+              *dst++ = unit < s.H ? w[(d * s.H + unit) * G + k] : M{};
+            }
+        }
+    }
   return packed;
 }
+
+// The rows of the AMX products: N rows as `blocks` blocks of `height` <= 16 rows (the
+// operands' rows padded to blocks * height).
+struct RowBlocks {
+  int64_t height, blocks;
+  explicit RowBlocks(int64_t n)
+      : height(std::min<int64_t>(16, n)), blocks((n + height - 1) / height) {}
+  int64_t Rows() const { return height * blocks; }
+};
 
 template <typename M>
 struct Forward {
@@ -439,11 +596,15 @@ struct Forward {
   const int32_t* lengths;
   float *ys, *hn, *cn;
   float *acts, *cs, *hp;  // residuals (nullptr when not saved)
+  bool amx;  // bfloat16 products in AMX tiles: x's rows are RowBlocks(N).Rows(), Ie % 32 == 0
 
   void Run(ffi::ThreadPool& pool) const {
     const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G(), DNH = s.D * s.N * s.H;
-    const int64_t Ie = Padded<M>(s.I), He = Padded<M>(s.H), K = Ie + He, DNHe = s.D * s.N * He;
-    const M* panels = PackForward(s, w_ih, w);
+    const RowBlocks blocks(s.N);
+    const int64_t rows = amx ? blocks.Rows() : s.N;  // of the matmul's operands, per direction
+    const int64_t Ie = Padded<M>(s.I), He = amx ? (s.H + 31) / 32 * 32 : Padded<M>(s.H);
+    const int64_t K = Ie + He, DNHe = s.D * rows * He;
+    const M* panels = PackForward(s, w_ih, w, He, amx);
     // The (D, N, H) states before each step and after the last: step t reads entry t and
     // writes entry t + 1, so a step's work can be run again (see Team) with the same result.
     // Entries an odd number of cache lines apart, the arrays at different offsets in a
@@ -453,49 +614,63 @@ struct Forward {
     float* c = Reused<float, kCSlot>((s.L + 1) * SH + 256) + 128;
     std::copy(h0, h0 + DNH, h);
     std::copy(c0, c0 + DNH, c);
-    // The matmul's operand h: the states themselves, or their (D, N, He) copies in M.
+    // The matmul's operand h: the states themselves, or their (D, rows, He) copies in M
+    // (rows past N are never written: see AmxProduct).
     M* hm = nullptr;
     if constexpr (!std::is_same_v<M, float>) {
       hm = Reused<M, kHmSlot>((s.L + 1) * SM + 1024) + 768;
-      for (int64_t dn = 0; dn < s.D * s.N; ++dn) {
-        for (int64_t unit = 0; unit < s.H; unit += kLanes) {
-          const __mmask16 m = UnitMask(unit, s.H);
-          StoreBf16(m, &hm[dn * He + unit], Load(m, h0 + dn * s.H + unit));
+      for (int64_t d = 0; d < s.D; ++d)
+        for (int64_t n = 0; n < s.N; ++n) {
+          M* state = &hm[(d * rows + n) * He];
+          for (int64_t unit = 0; unit < s.H; unit += kLanes) {
+            const __mmask16 m = UnitMask(unit, s.H);
+            StoreBf16(m, state + unit, Load(m, h0 + (d * s.N + n) * s.H + unit));
+          }
+          for (int64_t t = 0; t <= s.L; ++t)  // the padding columns of every state: zero
+            std::fill(state + t * SM + s.H, state + t * SM + He, M{});
         }
-      }
-      if (He != s.H) {  // the padding column of every state: zero
-        for (int64_t t = 0; t <= s.L; ++t)
-          for (int64_t dn = 0; dn < s.D * s.N; ++dn) hm[t * SM + dn * He + s.H] = M{};
-      }
     }
     const int64_t items = s.D * tiles;
     const int threads = ThreadsFor(items, 2.0 * s.N * K * G * s.D);
-    float* scratch = Reused<float, kAccSlot>(threads * kPanel * s.N);  // accumulators
-    Team::Run(pool, threads, items, s.L, true, [&](int64_t item, int64_t step, int thread) {
-      float* acc = &scratch[thread * kPanel * s.N];
-      const State in{&h[step * SH], &c[step * SH]};
-      const State out{&h[(step + 1) * SH], &c[(step + 1) * SH]};
-      const M* a_in;
-      M* a_out = nullptr;
-      if constexpr (std::is_same_v<M, float>) {
-        a_in = in.h;
-      } else {
-        a_in = &hm[step * SM];
-        a_out = &hm[(step + 1) * SM];
-      }
-      const int64_t d = item / tiles, unit = item % tiles * kLanes;
-      const __mmask16 m = UnitMask(unit, s.H);
-      const int64_t t = s.Time(d, step);
-      const M* panel = &panels[item * K * kPanel];
-      // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
-      Product(x + t * s.N * Ie, Ie, s.N, panel, Ie, false, acc);
-      Product(a_in + d * s.N * He, He, s.N, panel + Ie * kPanel, He, true, acc);
-      for (int64_t n = 0; n < s.N; ++n) {
-        const __m512 h_next = Epilogue(t, d, n, unit, m, &acc[kPanel * n], in, out);
-        if constexpr (!std::is_same_v<M, float>)
-          StoreBf16(m, a_out + (d * s.N + n) * He + unit, h_next);
-      }
-    });
+    float* scratch = Reused<float, kAccSlot>(threads * kPanel * rows);  // accumulators
+    const TileConfig tile_config(blocks.height);
+    const TileConfig* amx_tiles = amx ? &tile_config : nullptr;
+    Team::Run(pool, threads, items, s.L, true, amx_tiles,
+              [&](int64_t item, int64_t step, int thread) {
+                float* acc = &scratch[thread * kPanel * rows];
+                const State in{&h[step * SH], &c[step * SH]};
+                const State out{&h[(step + 1) * SH], &c[(step + 1) * SH]};
+                const M* a_in;
+                M* a_out = nullptr;
+                if constexpr (std::is_same_v<M, float>) {
+                  a_in = in.h;
+                } else {
+                  a_in = &hm[step * SM];
+                  a_out = &hm[(step + 1) * SM];
+                }
+                const int64_t d = item / tiles, unit = item % tiles * kLanes;
+                const __mmask16 m = UnitMask(unit, s.H);
+                const int64_t t = s.Time(d, step);
+                const M* panel = &panels[item * K * kPanel];
+                // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
+                const M* x_t = x + t * rows * Ie;
+                const M* h_t = a_in + d * rows * He;
+                if constexpr (std::is_same_v<M, Bf16>) {
+                  if (amx) {
+                    AmxProduct(blocks.blocks, blocks.height,
+                               {{x_t, Ie, panel, Ie}, {h_t, He, panel + Ie * kPanel, He}}, acc);
+                  }
+                }
+                if (!amx) {
+                  Product(x_t, Ie, s.N, panel, Ie, false, acc);
+                  Product(h_t, He, s.N, panel + Ie * kPanel, He, true, acc);
+                }
+                for (int64_t n = 0; n < s.N; ++n) {
+                  const __m512 h_next = Epilogue(t, d, n, unit, m, &acc[kPanel * n], in, out);
+                  if constexpr (!std::is_same_v<M, float>)
+                    StoreBf16(m, a_out + (d * rows + n) * He + unit, h_next);
+                }
+              });
     std::copy(h + s.L * SH, h + s.L * SH + DNH, hn);
     std::copy(c + s.L * SH, c + s.L * SH + DNH, cn);
   }
@@ -543,61 +718,74 @@ struct Backward {
   const int32_t* lengths;
   const float *d_hn, *d_cn;
   float *dgates, *dh0, *dc0;  // dgates may alias acts
+  bool amx;                   // bfloat16 products in AMX tiles: G % 32 == 0
   M* gm = nullptr;            // the bfloat16 copies below
+  int64_t rows = 0;           // their rows: N, or N padded to whole AMX row blocks
 
   void Run(ffi::ThreadPool& pool) {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
-    const M* panels = PackBackward(s, w);
-    // The matmul's operand: the gate cotangents themselves, or (N, D, G) copies in M of
-    // the last two steps' (step s in copy s % 2).
-    if constexpr (!std::is_same_v<M, float>) gm = Reused<M, kCopySlot>(2 * s.N * s.D * G);
+    const RowBlocks blocks(s.N);
+    rows = amx ? blocks.Rows() : s.N;
+    const M* panels = PackBackward(s, w, amx);
+    // The matmul's operand: the gate cotangents themselves, or (rows, D, G) copies in M of
+    // the last two steps' (step s in copy s % 2; rows past N are never written).
+    if constexpr (!std::is_same_v<M, float>) gm = Reused<M, kCopySlot>(2 * rows * s.D * G);
     // dh0 holds the part of dh that passes frozen (masked) steps; dc0 the cell cotangent.
     std::copy(d_hn, d_hn + DNH, dh0);
     std::copy(d_cn, d_cn + DNH, dc0);
     const int64_t items = s.D * tiles;
     const int threads = ThreadsFor(items, 2.0 * s.N * s.H * G * s.D);
-    float* scratch = Reused<float, kAccSlot>(threads * kPanel * s.N);  // accumulators
+    float* scratch = Reused<float, kAccSlot>(threads * kPanel * rows);  // accumulators
+    const TileConfig tile_config(blocks.height);
+    const TileConfig* amx_tiles = amx ? &tile_config : nullptr;
     // Team step k handles scan step L - k: the gradient arriving from step L - k (none
     // for k = 0), then the cotangents of step L - k - 1, or dh0 after the last.
-    Team::Run(pool, threads, items, s.L + 1, false, [&](int64_t item, int64_t k, int thread) {
-      const int64_t step = s.L - k, d = item / tiles, v = item % tiles;
-      float* acc = &scratch[thread * kPanel * s.N];
-      if (step > 0) {  // the residuals of the step whose cotangents this item computes
-        const int64_t t = s.Time(d, step - 1);
-        for (int64_t n = 0; n < s.N; ++n)
-          for (int64_t unit = v * kPanel; unit < std::min(s.H, (v + 1) * kPanel); unit += kLanes) {
-            const int64_t row = s.Row(t, n, d);
-            for (int q = 0; q < 4; ++q) Prefetch(acts + row * G + q * s.H + unit);
-            Prefetch(cs + row * s.H + unit);
-            Prefetch(d_ys + row * s.H + unit);
-          }
-      }
-      if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
-        const M* a;
-        if constexpr (std::is_same_v<M, float>) {
-          a = dgates + s.Row(s.Time(d, step), 0, d) * G;
-        } else {
-          a = &gm[((step % 2) * s.N * s.D + d) * G];
-        }
-        Product(a, s.D * G, s.N, &panels[item * G * kPanel], G, false, acc);
-      } else {
-        std::fill(acc, acc + kPanel * s.N, 0.0f);
-      }
-      for (int64_t n = 0; n < s.N; ++n)
-        for (int q = 0; q < 4; ++q) {
-          const int64_t unit = v * kPanel + q * kLanes;
-          if (unit >= s.H) break;
-          const __mmask16 m = UnitMask(unit, s.H);
-          const int64_t state = (d * s.N + n) * s.H + unit;
-          const __m512 dh =
-              _mm512_add_ps(_mm512_loadu_ps(&acc[kPanel * n + kLanes * q]), Load(m, dh0 + state));
-          if (step == 0) {
-            Store(m, dh0 + state, dh);
-          } else {
-            Epilogue(step - 1, d, n, unit, m, dh);
-          }
-        }
-    });
+    Team::Run(pool, threads, items, s.L + 1, false, amx_tiles,
+              [&](int64_t item, int64_t k, int thread) {
+                const int64_t step = s.L - k, d = item / tiles, v = item % tiles;
+                float* acc = &scratch[thread * kPanel * rows];
+                if (step > 0) {  // the residuals of the step whose cotangents this item computes
+                  const int64_t t = s.Time(d, step - 1);
+                  for (int64_t n = 0; n < s.N; ++n)
+                    for (int64_t unit = v * kPanel; unit < std::min(s.H, (v + 1) * kPanel);
+                         unit += kLanes) {
+                      const int64_t row = s.Row(t, n, d);
+                      for (int q = 0; q < 4; ++q) Prefetch(acts + row * G + q * s.H + unit);
+                      Prefetch(cs + row * s.H + unit);
+                      Prefetch(d_ys + row * s.H + unit);
+                    }
+                }
+                if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
+                  const M* a;
+                  if constexpr (std::is_same_v<M, float>) {
+                    a = dgates + s.Row(s.Time(d, step), 0, d) * G;
+                  } else {
+                    a = &gm[((step % 2) * rows * s.D + d) * G];
+                  }
+                  const M* panel = &panels[item * G * kPanel];
+                  if constexpr (std::is_same_v<M, Bf16>) {
+                    if (amx)
+                      AmxProduct(blocks.blocks, blocks.height, {{a, s.D * G, panel, G}}, acc);
+                  }
+                  if (!amx) Product(a, s.D * G, s.N, panel, G, false, acc);
+                } else {
+                  std::fill(acc, acc + kPanel * s.N, 0.0f);
+                }
+                for (int64_t n = 0; n < s.N; ++n)
+                  for (int q = 0; q < 4; ++q) {
+                    const int64_t unit = v * kPanel + q * kLanes;
+                    if (unit >= s.H) break;
+                    const __mmask16 m = UnitMask(unit, s.H);
+                    const int64_t state = (d * s.N + n) * s.H + unit;
+                    const __m512 dh = _mm512_add_ps(_mm512_loadu_ps(&acc[kPanel * n + kLanes * q]),
+                                                    Load(m, dh0 + state));
+                    if (step == 0) {
+                      Store(m, dh0 + state, dh);
+                    } else {
+                      Epilogue(step - 1, d, n, unit, m, dh);
+                    }
+                  }
+              });
   }
 
   // The cotangents of scan step `step` of direction d for 16 units of row n, from dh
@@ -606,7 +794,7 @@ struct Backward {
     const int64_t G = s.G(), t = s.Time(d, step), row = s.Row(t, n, d);
     const int64_t state = (d * s.N + n) * s.H + unit;
     float* dg = dgates + row * G + unit;
-    const int64_t copy = ((step % 2) * s.N * s.D + n * s.D + d) * G + unit;  // in gm
+    const int64_t copy = ((step % 2) * rows * s.D + n * s.D + d) * G + unit;  // in gm
     auto put = [&](int q, __m512 v) {
       Store(m, dg + q * s.H, v);
       if constexpr (!std::is_same_v<M, float>) StoreBf16(m, gm + copy + q * s.H, v);
@@ -683,26 +871,48 @@ ffi::Error Guarded(Kernel kernel, ffi::ThreadPool& pool) {
   return ffi::Error::Success();
 }
 
+// Whether AMX may run a kernel of operands M (asked for by `amx`) with the operands' k
+// (the sizes it contracts) `k_multiple_of_32`.
+template <typename M>
+ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
+  static const bool granted = AmxGranted();
+  if (amx && !(std::is_same_v<M, Bf16> && granted && k_multiple_of_32)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxlstm's CPU kernel was asked for AMX products it cannot run");
+  }
+  return ffi::Error::Success();
+}
+
 template <typename M, bool kSave>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w, F32 h0,
                        F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
-                       F32Out hp) {
-  const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, N, Ie), (D, N, H)
-  return Guarded(Forward<M>{Shape{xd[0], xd[1], hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih),
-                            b.typed_data(), Data<M>(w), h0.typed_data(), c0.typed_data(),
-                            lengths.typed_data(), ys->typed_data(), hn->typed_data(),
-                            cn->typed_data(), kSave ? acts->typed_data() : nullptr,
-                            kSave ? cs->typed_data() : nullptr, kSave ? hp->typed_data() : nullptr},
-                 pool);
+                       F32Out hp, bool amx) {
+  const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
+  const int64_t n = hd[1];
+  if (ffi::Error error = CheckAmx<M>(amx, xd[2] % 32 == 0); error.failure()) return error;
+  if (xd[1] != (amx ? RowBlocks(n).Rows() : n)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxlstm's CPU kernel got an input of the wrong number of rows");
+  }
+  return Guarded(
+      Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih), b.typed_data(),
+                 Data<M>(w), h0.typed_data(), c0.typed_data(), lengths.typed_data(),
+                 ys->typed_data(), hn->typed_data(), cn->typed_data(),
+                 kSave ? acts->typed_data() : nullptr, kSave ? cs->typed_data() : nullptr,
+                 kSave ? hp->typed_data() : nullptr, amx},
+      pool);
 }
 
 template <typename M>
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w, F32 c0,
-                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0, F32Out dc0) {
+                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0, F32Out dc0,
+                        bool amx) {
+  const Shape shape = ShapeOf(acts.dimensions());
+  if (ffi::Error error = CheckAmx<M>(amx, shape.G() % 32 == 0); error.failure()) return error;
   return Guarded(
-      Backward<M>{ShapeOf(acts.dimensions()), d_ys.typed_data(), acts.typed_data(), cs.typed_data(),
-                  Data<M>(w), c0.typed_data(), lengths.typed_data(), d_hn.typed_data(),
-                  d_cn.typed_data(), dgates->typed_data(), dh0->typed_data(), dc0->typed_data()},
+      Backward<M>{shape, d_ys.typed_data(), acts.typed_data(), cs.typed_data(), Data<M>(w),
+                  c0.typed_data(), lengths.typed_data(), d_hn.typed_data(), d_cn.typed_data(),
+                  dgates->typed_data(), dh0->typed_data(), dc0->typed_data(), amx},
       pool);
 }
 
@@ -723,7 +933,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
       .Ret<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \
-      .Ret<F32>()
+      .Ret<F32>()             \
+      .Attr<bool>("amx")
 #define BACKWARD_BINDING(MB)  \
   ffi::Ffi::Bind()            \
       .Ctx<ffi::ThreadPool>() \
@@ -737,7 +948,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
       .Arg<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \
-      .Ret<F32>()
+      .Ret<F32>()             \
+      .Attr<bool>("amx")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32));
@@ -778,10 +990,19 @@ PyObject* SupportedBf16(PyObject* self, PyObject* args) {
   return PyBool_FromLong(ok);
 }
 
+// Whether the bfloat16 kernels may also use AMX's tiles (see AmxGranted).
+PyObject* SupportedAmx(PyObject* self, PyObject* args) {
+  PyObject* base = SupportedBf16(self, args);
+  const bool ok = base == Py_True && AmxGranted();
+  Py_DECREF(base);
+  return PyBool_FromLong(ok);
+}
+
 PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by target name."},
     {"supported", Supported, METH_NOARGS, "Whether this CPU runs the float32 kernels."},
     {"supported_bf16", SupportedBf16, METH_NOARGS, "Whether it runs the bfloat16 ones."},
+    {"supported_amx", SupportedAmx, METH_NOARGS, "Whether those may use AMX's tiles."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_cpu_kernel",

@@ -12,16 +12,18 @@ the layer's output: no flips, stacks or transposes around the loop. The results 
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
-``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16. Everything else takes
-the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``, ``checkpoint_every``
-shorter than the sequence, GPUs and TPUs, several devices, CPUs without AVX-512, an
-install without a C++ compiler. ``JAXLSTM_CPU_KERNEL=0`` in the environment
-turns the kernel off; it is read at each call of :func:`jaxlstm.lstm` (a static argument
-of its compiled function).
+``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16, its step matmuls in
+AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux grants them.
+Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
+``checkpoint_every`` shorter than the sequence, GPUs and TPUs, several devices, CPUs
+without AVX-512, an install without a C++ compiler. ``JAXLSTM_CPU_KERNEL`` in the
+environment picks the kernel: ``0`` turns it off, ``avx512`` keeps it off AMX; it is read
+at each call of :func:`jaxlstm.lstm` (a static argument of its compiled function).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from functools import partial
 from typing import Any
@@ -40,11 +42,21 @@ except ImportError:  # built without a C++ compiler, or not x86-64
 _registered = False
 
 
-def available() -> bool:
-    """Whether the kernel is built, this CPU can run it and ``JAXLSTM_CPU_KERNEL`` allows it."""
+def available() -> str:
+    """The kernel this CPU runs and ``JAXLSTM_CPU_KERNEL`` allows: ``"amx"`` (bfloat16
+    products in AMX tiles), ``"avx512"``, or ``""`` where there is none."""
     if _extension is None or not _extension.supported():
-        return False
-    return os.environ.get("JAXLSTM_CPU_KERNEL", "1") != "0"
+        return ""
+    choice = os.environ.get("JAXLSTM_CPU_KERNEL", "1")
+    if choice == "0":
+        return ""
+    return "amx" if choice != "avx512" and _amx_granted() else "avx512"
+
+
+@functools.cache
+def _amx_granted() -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles and Linux lets this process use them."""
+    return _extension.supported_amx()
 
 
 def usable(x: Array, w_hr_t: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> bool:
@@ -73,6 +85,7 @@ def layer(
     c0: Array,
     lengths: Array | None,
     matmul_dtype: Any = None,
+    kernel: str = "avx512",
 ) -> tuple[Array, Array, Array]:
     """One layer, every direction, in the kernel; as :func:`jaxlstm._scan.scan_layer`.
 
@@ -86,6 +99,8 @@ def layer(
         matmul_dtype: ``None`` (float32 matmuls) or bfloat16: the kernel's step matmuls
             and the input gradient's take bfloat16 operands (float32 sums), the state,
             the gates and the weight gradients stay float32.
+        kernel: :func:`available`'s answer; ``"amx"`` runs bfloat16 step matmuls in AMX
+            tiles.
 
     Returns:
         ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
@@ -94,8 +109,8 @@ def layer(
     w_ih = w_ih.reshape(-1, w_ih.shape[-1])  # (D, 4H, H_in) -> (D*4H, H_in)
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
-    bf16 = matmul_dtype is not None
-    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32), bf16)
+    mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
+    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32), mode)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
 
@@ -107,18 +122,29 @@ def _register() -> None:
         _registered = True
 
 
-def _operands(x, w_ih, w_hh_t, bf16: bool):
-    """The matmul operands: as they are, or in bfloat16 with the input size padded to even
-    (the kernel multiplies bfloat16 in pairs along it)."""
-    if not bf16:
+def _operands(x, w_ih, w_hh_t, mode: str):
+    """The matmul operands: as they are (``mode`` ``"f32"``), or in bfloat16 with the input
+    size padded to even (the kernel multiplies bfloat16 in pairs along it); for ``"amx"``
+    to a multiple of 32 (a tile's depth), and the batch to whole tiles of rows
+    (:func:`_amx_rows`)."""
+    if mode == "f32":
         return x, w_ih, w_hh_t
-    pad = x.shape[-1] % 2
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad)))  # (L, N, H_in + pad)
+    _, batch, size = x.shape
+    multiple = 32 if mode == "amx" else 2
+    pad = -size % multiple
+    rows = _amx_rows(batch) if mode == "amx" else batch
+    x = jnp.pad(x, ((0, 0), (0, rows - batch), (0, pad)))  # (L, rows, H_in + pad)
     w_ih = jnp.pad(w_ih, ((0, 0), (0, pad)))  # (D*4H, H_in + pad)
     return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih, w_hh_t))
 
 
-def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16: bool, *, save: bool):
+def _amx_rows(batch: int) -> int:
+    """The batch as the AMX products take it: up to 16 rows as they are, more padded to a
+    multiple of 16 (the kernel's ``RowBlocks``)."""
+    return batch if batch <= 16 else -(-batch // 16) * 16
+
+
+def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
     """The kernel's forward loop, input projection included.
 
     Returns:
@@ -132,9 +158,9 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16: bool, *, save: bool):
     rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
-    x, w_ih, w_hh_t = _operands(x, w_ih, w_hh_t, bf16)
+    x, w_ih, w_hh_t = _operands(x, w_ih, w_hh_t, mode)
     out = jax.ffi.ffi_call(
-        "jaxlstm_lstm_forward" + ("_save" if save else "") + ("_bf16" if bf16 else ""),
+        "jaxlstm_lstm_forward" + ("_save" if save else "") + ("" if mode == "f32" else "_bf16"),
         (
             jax.ShapeDtypeStruct((seq_len, batch, dirs, hidden), f32),
             state,
@@ -144,51 +170,77 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16: bool, *, save: bool):
             jax.ShapeDtypeStruct((*rows, hidden), f32),
         ),
         vmap_method="sequential",
-    )(x, w_ih, jnp.zeros((dirs, gates), f32) if b is None else b, w_hh_t, h0, c0, lengths)
+    )(
+        x,
+        w_ih,
+        jnp.zeros((dirs, gates), f32) if b is None else b,
+        w_hh_t,
+        h0,
+        c0,
+        lengths,
+        amx=mode == "amx",
+    )
     return tuple(out) if save else tuple(out[:3])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16):
-    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16, save=False)
+def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths, mode):
+    """The layer; ``mode``: ``"f32"``, ``"bf16"`` or ``"amx"`` (bfloat16 in AMX tiles)."""
+    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode, save=False)
 
 
-def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16):
-    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, bf16, save=True)
+def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths, mode):
+    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode, save=True)
     return (y, h_n, c_n), (x, w_ih, b is not None, w_hh_t, c0, lengths, acts, cs, hp)
 
 
-def _layer_bwd(bf16, residuals, cotangents):
+def _layer_bwd(mode, residuals, cotangents):
     x, w_ih, has_bias, w_hh_t, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
+    bf16 = mode != "f32"
     w_in = w_ih.astype(jnp.bfloat16) if bf16 else w_ih
     d_gates, dh0, dc0 = jax.ffi.ffi_call(
         "jaxlstm_lstm_backward" + ("_bf16" if bf16 else ""),
         (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state),
         vmap_method="sequential",
         input_output_aliases={1: 0},  # the gate cotangents overwrite the activations
-    )(d_y, acts, cs, w_hh_t.astype(w_in.dtype), c0, lengths, d_hn, d_cn)
+    )(
+        d_y,
+        acts,
+        cs,
+        w_hh_t.astype(w_in.dtype),
+        c0,
+        lengths,
+        d_hn,
+        d_cn,
+        amx=mode == "amx" and gates % 32 == 0,  # the products' depth: whole tiles
+    )
     rows = seq_len * batch
     d_gates = d_gates.reshape(rows, dirs * gates)  # (L*N, D*4H)
-    # (L*N, D*4H) @ (D*4H, H_in), in the matmul dtype with float32 sums
-    d_x = jnp.matmul(d_gates.astype(w_in.dtype), w_in, preferred_element_type=jnp.float32)
+    md = w_in.dtype  # every matmul's operands in the matmul dtype, its sums in float32
+    g = d_gates.astype(md)
+    d_x = jnp.matmul(g, w_in, preferred_element_type=jnp.float32)  # (L*N, D*4H) @ (D*4H, H_in)
     d_x = d_x.reshape(seq_len, batch, -1)
     # The weight gradients contract the L*N rows. XLA:CPU runs a product whose operands
     # both contract their leading axis as a plain (Eigen) dot that spends most of its time
     # packing. As (small operand transposed into a buffer of its own) @ (gate cotangents),
     # each is a fast row-major matmul; the barriers stop XLA from folding the transposes
     # (of the operand, and of the result into the weights' layout) back into the dot.
-    x_t = lax.optimization_barrier(x.reshape(rows, -1).T)  # (H_in, L*N)
-    d_w_ih = lax.optimization_barrier(x_t @ d_gates).T  # (H_in, D*4H).T -> (D*4H, H_in)
-    hp_t = lax.optimization_barrier(jnp.moveaxis(hp.reshape(rows, dirs, -1), 0, -1))
+    # (1, H_in, L*N) @ (1, L*N, D*4H) -> (H_in, D*4H) -> (D*4H, H_in)
+    x_t = lax.optimization_barrier(jnp.moveaxis(x.reshape(rows, 1, -1), 0, -1).astype(md))
+    d_w_ih = lax.optimization_barrier(_row_products(x_t, g.reshape(rows, 1, -1)))[0].T
     # (D, H, L*N) @ (D, L*N, 4H) -> (D, H, 4H)
-    d_w_hh_t = lax.optimization_barrier(
-        jnp.einsum("dhr,rdg->dhg", hp_t, d_gates.reshape(rows, dirs, gates))
-    )
+    hp_t = lax.optimization_barrier(jnp.moveaxis(hp.reshape(rows, dirs, -1), 0, -1).astype(md))
+    d_w_hh_t = lax.optimization_barrier(_row_products(hp_t, g.reshape(rows, dirs, gates)))
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh_t, dh0, dc0, None
+
+
+def _row_products(a_t: Array, b: Array) -> Array:
+    """``(K, M, R) @ (R, K, N) -> (K, M, N)``, contracting the rows ``R``, float32 sums."""
+    return jnp.einsum("kmr,rkn->kmn", a_t, b, preferred_element_type=jnp.float32)
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

@@ -134,8 +134,8 @@ def _layers(
         lengths: ``(N,)`` or ``None``.
         key: dropout key or ``None``.
         dropout, matmul_dtype, checkpoint_every: as :func:`lstm` (static).
-        cpu_kernel: whether layers may run in jaxlstm's fused CPU kernel (static; see
-            :mod:`jaxlstm._kernel`).
+        cpu_kernel: which of jaxlstm's fused CPU kernels layers may run in, ``""`` for
+            none (static; see :func:`jaxlstm._kernel.available`).
 
     Returns:
         ``(y (L, N, D*H_out), (h_n, c_n))`` in the common floating dtype.

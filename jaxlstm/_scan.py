@@ -63,7 +63,7 @@ def scan_layer(
     lengths: Array | None,
     matmul_dtype: Any = None,
     checkpoint_every: int | None = None,
-    cpu_kernel: bool = False,
+    cpu_kernel: str = "",
 ) -> tuple[Array, Array, Array]:
     """Runs one layer, every direction, over a time-major sequence.
 
@@ -78,7 +78,8 @@ def scan_layer(
         checkpoint_every: ``k`` to keep only every ``k``-th state for the backward pass
             and recompute each chunk of ``k`` steps (input projection included) when it
             is needed; ``None`` keeps every step's residuals.
-        cpu_kernel: run the layer in jaxlstm's fused CPU kernel where it applies
+        cpu_kernel: :func:`jaxlstm._kernel.available`'s answer: unless ``""``, run the
+            layer in jaxlstm's fused CPU kernel where it applies
             (:func:`jaxlstm._kernel.usable`).
 
     Returns:
@@ -95,7 +96,7 @@ def scan_layer(
     )
     if cpu_kernel and _kernel.usable(x, weights.w_hr_t, matmul_dtype, checkpoint_every):
         return _kernel.layer(
-            x, weights.w_ih, weights.b, weights.w_hh_t, h0, c0, lengths, matmul_dtype
+            x, weights.w_ih, weights.b, weights.w_hh_t, h0, c0, lengths, matmul_dtype, cpu_kernel
         )
     # Scan order: step t of direction 1 reads time L-1-t.
     xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
@@ -263,13 +264,18 @@ def _cast(arrays, dtype):
     return tuple(None if a is None else a.astype(dtype) for a in arrays)
 
 
-def _sum_over_steps(spec: str, a: Array, b: Array) -> Array:
-    """``einsum(spec, a, b)`` contracting steps and batch into a weight gradient.
+def _sum_over_steps(spec: str, a: Array, b: Array, matmul_dtype: Any) -> Array:
+    """``einsum(spec, a, b)`` contracting steps and batch into a weight gradient, its
+    operands rounded to ``matmul_dtype`` (``None``: as they are), its products and sums
+    in their own dtype (exact products: what a bfloat16 matmul with float32 sums computes,
+    which XLA:CPU runs only inside its fused dots).
 
     The result is replicated; with a batch sharded over explicit mesh axes, JAX needs
     that said (``out_sharding``), and the contraction becomes a per-device partial sum
     plus one all-reduce.
     """
+    dtype = a.dtype
+    a, b = (v.astype(dtype) for v in _cast((a, b), matmul_dtype))
     sharding = getattr(jax.typeof(a), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if (
@@ -310,14 +316,13 @@ def _recurrence_bwd(matmul_dtype, residuals, cotangents):
     inputs = (d_ys, acts, cs, c_prev, valid)
     (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
     dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
-    # Weight gradients: one matmul over all L*N rows each, in the state dtype even in
-    # matmul_dtype mode (exact accumulation; XLA:CPU has no bf16 x bf16 -> f32 plain dot).
-    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates)  # (D, H_out, 4H)
+    # Weight gradients: one matmul over all L*N rows each.
+    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates, matmul_dtype)  # (D, H_out, 4H)
     d_w_hr_t = None
     if w_hr is not None:
         o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
         r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
-        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1])  # (D, H, P)
+        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1], matmul_dtype)  # (D, H, P)
     d_b = dgates.sum(axis=(0, 2)) if has_bias else None  # (D, 4H)
     return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0, None
 

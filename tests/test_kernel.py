@@ -30,6 +30,7 @@ CONFIGS = {
     "partial-tiles-bidirectional": (7, 13, 5, 70, 2, True, True),
     "one-sequence-no-bias": (12, 1, 3, 20, 1, True, False),
     "rows-tail-two-layers": (6, 7, 33, 128, 2, False, True),
+    "padded-row-blocks": (5, 20, 9, 48, 1, True, True),  # AMX: 20 rows in two blocks of 16
 }
 
 
@@ -108,12 +109,16 @@ def _torch_float64(params, x, hx, cotangents, lengths):
 
 def test_kernel_is_built_and_used_where_the_cpu_has_avx512():
     """On an x86-64 CPU with AVX-512 (CI's machines) the extension is built and on, its
-    bfloat16 kernels where the CPU has AVX512_BF16."""
+    bfloat16 kernels where the CPU has AVX512_BF16, in AMX tiles where it has AMX-BF16
+    (Linux grants AMX to any process that asks)."""
     flags = _cpu_flags()
     expected = {"avx512f", "avx512dq", "avx512bw", "avx512vl", "fma"} <= flags
-    assert _kernel.available() == expected, (sorted(flags), _kernel._extension)
+    assert bool(_kernel.available()) == expected, (sorted(flags), _kernel._extension)
     if expected:
-        assert _kernel._extension.supported_bf16() == ("avx512_bf16" in flags)
+        bf16 = "avx512_bf16" in flags
+        assert _kernel._extension.supported_bf16() == bf16
+        amx = bf16 and {"amx_tile", "amx_bf16"} <= flags
+        assert _kernel.available() == ("amx" if amx else "avx512")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -149,12 +154,10 @@ def test_kernel_matches_the_scan_path(name, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_bfloat16_matmuls_match_the_scan_path(name, monkeypatch):
-    """``matmul_dtype=bfloat16`` in the kernel (bfloat16 operands, float32 sums and state)
-    and on the ``lax.scan`` path round alike: each is within bfloat16's error of float32,
-    and they differ from each other by about as much."""
-    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=3)
+def _bfloat16_results(name, seed, modes):
+    """Loss and gradients of config ``name`` (its last sequence empty): in float32, then
+    with ``matmul_dtype=bfloat16`` under each ``JAXLSTM_CPU_KERNEL`` value of ``modes``."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=seed)
     lengths[-1] = 0
     x[:, -1] = 0
     loss = jax.jit(
@@ -163,17 +166,38 @@ def test_bfloat16_matmuls_match_the_scan_path(name, monkeypatch):
         ),
         static_argnums=3,
     )
-    float32 = loss(params, x, hx, None)
-    kernel = loss(params, x, hx, jnp.bfloat16)
-    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
-    scan = loss(params, x, hx, jnp.bfloat16)
-    for got, ref, want in zip(
-        jax.tree.leaves(kernel), jax.tree.leaves(scan), jax.tree.leaves(float32), strict=True
-    ):
+    results = [jax.tree.leaves(loss(params, x, hx, None))]
+    with pytest.MonkeyPatch.context() as env:
+        for mode in modes:
+            env.setenv("JAXLSTM_CPU_KERNEL", mode)
+            results.append(jax.tree.leaves(loss(params, x, hx, jnp.bfloat16)))
+    return results
+
+
+@pytest.mark.parametrize("kernel", ["1", "avx512"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bfloat16_matmuls_match_the_scan_path(name, kernel):
+    """``matmul_dtype=bfloat16`` in the kernel (bfloat16 operands, float32 sums and state;
+    in AMX tiles where the CPU has them, unless ``JAXLSTM_CPU_KERNEL=avx512``) and on the
+    ``lax.scan`` path round alike: each is within bfloat16's error of float32, and they
+    differ from each other by about as much."""
+    float32, fused, scan = _bfloat16_results(name, 3, [kernel, "0"])
+    for got, ref, want in zip(fused, scan, float32, strict=True):
         scale = 1e-3 + float(jnp.max(jnp.abs(want)))
         assert float(jnp.max(jnp.abs(got - want))) / scale < 2e-2
         assert float(jnp.max(jnp.abs(ref - want))) / scale < 2e-2
         assert float(jnp.max(jnp.abs(got - ref))) / scale < 2e-2
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_amx_and_avx512_bfloat16_kernels_agree(name):
+    """The AMX products round the same bfloat16 operands as AVX512_BF16's dot products and
+    sum in float32 in another order: the two kernels agree to float32 rounding, carried
+    through the recurrence (where the CPU has no AMX both runs take the same kernel)."""
+    _, amx, avx512 = _bfloat16_results(name, 6, ["1", "avx512"])
+    for got, want in zip(amx, avx512, strict=True):
+        scale = 1e-3 + float(jnp.max(jnp.abs(want)))
+        assert float(jnp.max(jnp.abs(got - want))) / scale < 1e-4
 
 
 def _lowers_to_kernel(fn, *args, **kwargs) -> bool:
@@ -184,7 +208,8 @@ def _lowers_to_kernel(fn, *args, **kwargs) -> bool:
 def test_which_calls_take_the_kernel(monkeypatch):
     params = jl.init_params(jax.random.key(0), 3, 8)
     x = jnp.ones((5, 2, 3))
-    on = _kernel.available()
+    kernel = _kernel.available()
+    on = bool(kernel)
     assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x) == on
     assert (
         _lowers_to_kernel(lambda p, x: jax.grad(lambda p: jl.lstm(p, x)[0].sum())(p), params, x)
@@ -196,6 +221,11 @@ def test_which_calls_take_the_kernel(monkeypatch):
     assert (
         _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x) == bf16
     )
+    text = jax.jit(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16)).lower(params, x)
+    assert ("amx = true" in text.as_text()) == (kernel == "amx")
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "avx512")
+    text = jax.jit(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16)).lower(params, x)
+    assert "amx = true" not in text.as_text()
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=2), params, x)
     assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x, checkpoint_every=5), params, x) == on
     with jax.enable_x64(True):
@@ -218,24 +248,32 @@ def test_vmap_over_params_runs_each_member():
             np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-6)
 
 
-def test_concurrent_calls_agree_with_serial_ones():
+@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16])
+def test_concurrent_calls_agree_with_serial_ones(matmul_dtype):
     """Independent kernel calls in one program and from several Python threads at once
-    (each sharing XLA's intra-op threads) give the results of serial calls."""
+    (each sharing XLA's intra-op threads, which configure their AMX tiles per call) give
+    the results of serial calls."""
     params, x, hx, cotangents, lengths = _inputs(CONFIGS["two-threads"], seed=2)
     other = jl.init_params(jax.random.key(5), x.shape[-1], 256)
 
-    @jax.jit
-    def both(x):
-        return jl.lstm(params, x, hx, lengths=lengths)[0], jl.lstm(other, x[::-1])[0]
+    def two(x):
+        return (
+            jl.lstm(params, x, hx, lengths=lengths, matmul_dtype=matmul_dtype)[0],
+            jl.lstm(other, x[::-1], matmul_dtype=matmul_dtype)[0],
+        )
 
-    serial = (jl.lstm(params, x, hx, lengths=lengths)[0], jl.lstm(other, x[::-1])[0])
-    for got, want in zip(both(x), serial, strict=True):
+    for got, want in zip(jax.jit(two)(x), two(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    grads = jax.jit(
+        jax.value_and_grad(
+            lambda p, x: _loss(p, x, hx, cotangents, lengths, matmul_dtype), argnums=(0, 1)
+        )
+    )
     results = [None] * 4
-    expected = [_value_and_grad(params, x * (i + 1), hx, cotangents, lengths) for i in range(4)]
+    expected = [grads(params, x * (i + 1)) for i in range(4)]
 
     def work(i):
-        results[i] = _value_and_grad(params, x * (i + 1), hx, cotangents, lengths)
+        results[i] = grads(params, x * (i + 1))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -256,7 +294,7 @@ def test_switch_is_read_at_each_call(monkeypatch):
     assert not _kernel.available()
     np.testing.assert_allclose(jl.lstm(params, x)[0], first, rtol=1e-6, atol=1e-6)
     monkeypatch.delenv("JAXLSTM_CPU_KERNEL")
-    assert _kernel.available() == bool(_kernel._extension and _kernel._extension.supported())
+    assert bool(_kernel.available()) == bool(_kernel._extension and _kernel._extension.supported())
     assert os.environ.get("JAXLSTM_CPU_KERNEL") is None
 
 
@@ -266,23 +304,25 @@ def _spin(seconds: float) -> None:
         pass
 
 
-def test_results_are_bitwise_the_same_on_busy_cores():
+@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16])
+def test_results_are_bitwise_the_same_on_busy_cores(matmul_dtype):
     """With other processes spinning on every core, the kernel's threads are descheduled in
-    the middle of their work, and steps are finished by whichever thread gets there (a
-    step's part may then run twice): the results stay bitwise those of a quiet run."""
+    the middle of their work (AMX tiles included), and steps are finished by whichever
+    thread gets there (a step's part may then run twice): the results stay bitwise those
+    of a quiet run."""
     params, x, hx, cotangents, lengths = _inputs(CONFIGS["two-threads"], seed=4)
-    forward = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n))
-    quiet = (forward(params, x, hx, lengths), _value_and_grad(params, x, hx, cotangents, lengths))
+    forward = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n, matmul_dtype=matmul_dtype))
+    grads = jax.jit(
+        jax.value_and_grad(lambda p, x: _loss(p, x, hx, cotangents, lengths, matmul_dtype))
+    )
+    quiet = (forward(params, x, hx, lengths), grads(params, x))
     context = multiprocessing.get_context("spawn")
-    spinners = [context.Process(target=_spin, args=(4.0,)) for _ in range(os.cpu_count() or 2)]
+    spinners = [context.Process(target=_spin, args=(3.0,)) for _ in range(os.cpu_count() or 2)]
     for p in spinners:
         p.start()
     try:
         for _ in range(10):
-            busy = (
-                forward(params, x, hx, lengths),
-                _value_and_grad(params, x, hx, cotangents, lengths),
-            )
+            busy = (forward(params, x, hx, lengths), grads(params, x))
             for a, b in zip(jax.tree.leaves(busy), jax.tree.leaves(quiet), strict=True):
                 np.testing.assert_array_equal(a, b)
     finally:
