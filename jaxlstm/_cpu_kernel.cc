@@ -10,12 +10,13 @@
 // Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
 // direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
 // leave the state unchanged and output zeros):
-//   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w (D,H,G) = w_hh^T,
-//                 h0 (D,N,H), c0 (D,N,H), lengths (N) int32
+//   forward  in : x (L,N,I), w_ih_t (I,D*G) = w_ih^T, b (D,G) = b_ih + b_hh, w (D,H,G) =
+//                 w_hh^T, h0 (D,N,H), c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
 //                 empty) acts (L,N,D,G) activated gates, cs (L,N,D,H) cell
 //                 states after each step, hp (L,N,D,H) hidden states before each step
-//   backward in : d_ys (L,N,D,H), acts, cs, w, c0, lengths, d_hn (D,N,H), d_cn (D,N,H)
+//   backward in : d_ys (L,N,D,H), acts, cs, w_hh (D,G,H), c0, lengths, d_hn (D,N,H),
+//                 d_cn (D,N,H)
 //            out: dgates (L,N,D,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
 
 #define PY_SSIZE_T_CLEAN
@@ -480,7 +481,7 @@ inline void StoreBf16(__mmask16 m, Bf16* p, __m512 v) {
 }
 
 inline __mmask16 UnitMask(int64_t first, int64_t hidden) {
-  const int64_t n = std::min<int64_t>(kLanes, hidden - first);
+  const int64_t n = std::clamp<int64_t>(hidden - first, 0, kLanes);
   return static_cast<__mmask16>((1u << n) - 1u);
 }
 
@@ -522,56 +523,63 @@ int64_t PanelOffset(bool amx, int64_t p, int64_t q) {
   return amx ? ((p / 16 * 4 + q) * 16 + p % 16) * kUnit : (p * 4 + q) * kUnit;
 }
 
+// Writes 16 columns of kPack<M> rows of a row-major source (src: the first column of row
+// k; ld: its row stride) as a panel holds them (the k of a pair adjacent), the columns
+// outside m and the rows from `rows` on as zeros.
+inline void PackUnit(const float* src, int64_t ld, int64_t k, int64_t rows, __mmask16 m,
+                     float* dst) {
+  _mm512_storeu_ps(dst, k < rows ? _mm512_maskz_loadu_ps(m, src) : _mm512_setzero_ps());
+}
+inline void PackUnit(const Bf16* src, int64_t ld, int64_t k, int64_t rows, __mmask16 m, Bf16* dst) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i r0 = k < rows ? _mm256_maskz_loadu_epi16(m, src) : zero;
+  const __m256i r1 = k + 1 < rows ? _mm256_maskz_loadu_epi16(m, src + ld) : zero;
+  const __m512i pairs =
+      _mm512_or_si512(_mm512_cvtepu16_epi32(r0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16));
+  _mm512_storeu_si512(dst, pairs);
+}
+
 // Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input size
 // padded to whole packed rows, the hidden size padded to He) of one tile's four gates side
 // by side, W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past
-// H, I): first w_ih (D*G, Ie), then w_hh from w (D, H, G) = w_hh^T.
+// H): first from w_ih_t (Ie, D*G), then from w (D, H, G) = w_hh^T.
 template <typename M>
-const M* PackForward(const Shape& s, const M* w_ih, const M* w, int64_t He, bool amx) {
+const M* PackForward(const Shape& s, const M* w_ih_t, const M* w, int64_t He, bool amx) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
   const int64_t Ie = Padded<M>(s.I), K = Ie + He, size = s.D * tiles * K * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
-  // Written 16 columns at a time, in order but for AMX's tiles (the inputs are read across
-  // rows instead: reads that miss the cache cost less than scattered writes that do).
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t u = 0; u < tiles; ++u) {
       M* panel = packed + (d * tiles + u) * K * kPanel;
-      for (int64_t k0 = 0; k0 < K; k0 += kPack<M>)
+      const __mmask16 m = UnitMask(u * kLanes, s.H);
+      for (int64_t k = 0; k < K; k += kPack<M>)
         for (int gate = 0; gate < 4; ++gate) {
-          M* dst = panel + PanelOffset<M>(amx, k0 / kPack<M>, gate);
-          for (int64_t lane = 0; lane < kLanes; ++lane)
-            for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
-              const int64_t unit = u * kLanes + lane, g = gate * s.H + unit;
-              M value{};
-              if (unit < s.H && k < Ie) {
-                value = w_ih[(d * G + g) * Ie + k];
-              } else if (unit < s.H && k - Ie < s.H) {
-                value = w[(d * s.H + k - Ie) * G + g];
-              }
-              *dst++ = value;
-            }
+          M* dst = panel + PanelOffset<M>(amx, k / kPack<M>, gate);
+          const int64_t column = gate * s.H + u * kLanes;
+          if (k < Ie) {
+            PackUnit(w_ih_t + k * s.D * G + d * G + column, s.D * G, k, Ie, m, dst);
+          } else {
+            PackUnit(w + (d * s.H + k - Ie) * G + column, G, k - Ie, s.H, m, dst);
+          }
         }
     }
   return packed;
 }
 
 // Backward panels: for direction d and 64-unit tile v, W[k][lane] = w_hh[d][k][64 v + lane]
-// = w[d][64 v + lane][k] for k < G (zero past H).
+// for k < G (zero past H).
 template <typename M>
-const M* PackBackward(const Shape& s, const M* w, bool amx) {
+const M* PackBackward(const Shape& s, const M* w_hh, bool amx) {
   const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), size = s.D * tiles * G * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t v = 0; v < tiles; ++v) {
       M* panel = packed + (d * tiles + v) * G * kPanel;
-      for (int64_t k0 = 0; k0 < G; k0 += kPack<M>)
+      for (int64_t k = 0; k < G; k += kPack<M>)
         for (int q = 0; q < 4; ++q) {
-          M* dst = panel + PanelOffset<M>(amx, k0 / kPack<M>, q);  // as in PackForward
-          for (int64_t lane = 0; lane < kLanes; ++lane)
-            for (int64_t k = k0; k < k0 + kPack<M>; ++k) {
-              const int64_t unit = v * kPanel + q * kLanes + lane;
-              *dst++ = unit < s.H ? w[(d * s.H + unit) * G + k] : M{};
-            }
+          const int64_t unit = v * kPanel + q * kLanes;
+          PackUnit(w_hh + (d * G + k) * s.H + unit, s.H, k, G, UnitMask(unit, s.H),
+                   panel + PanelOffset<M>(amx, k / kPack<M>, q));
         }
     }
   return packed;
@@ -589,7 +597,7 @@ struct RowBlocks {
 template <typename M>
 struct Forward {
   Shape s;
-  const M *x, *w_ih;  // (L, N, Ie), (D*G, Ie): the input size padded to whole packed rows
+  const M *x, *w_ih_t;  // (L, N, Ie), (Ie, D*G): the input size padded to whole packed rows
   const float* b;
   const M* w;
   const float *h0, *c0;
@@ -604,7 +612,7 @@ struct Forward {
     const int64_t rows = amx ? blocks.Rows() : s.N;  // of the matmul's operands, per direction
     const int64_t Ie = Padded<M>(s.I), He = amx ? (s.H + 31) / 32 * 32 : Padded<M>(s.H);
     const int64_t K = Ie + He, DNHe = s.D * rows * He;
-    const M* panels = PackForward(s, w_ih, w, He, amx);
+    const M* panels = PackForward(s, w_ih_t, w, He, amx);
     // The (D, N, H) states before each step and after the last: step t reads entry t and
     // writes entry t + 1, so a step's work can be run again (see Team) with the same result.
     // Entries an odd number of cache lines apart, the arrays at different offsets in a
@@ -713,7 +721,7 @@ template <typename M>
 struct Backward {
   Shape s;
   const float *d_ys, *acts, *cs;
-  const M* w;
+  const M* w_hh;  // (D, G, H)
   const float* c0;
   const int32_t* lengths;
   const float *d_hn, *d_cn;
@@ -726,7 +734,7 @@ struct Backward {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
     const RowBlocks blocks(s.N);
     rows = amx ? blocks.Rows() : s.N;
-    const M* panels = PackBackward(s, w, amx);
+    const M* panels = PackBackward(s, w_hh, amx);
     // The matmul's operand: the gate cotangents themselves, or (rows, D, G) copies in M of
     // the last two steps' (step s in copy s % 2; rows past N are never written).
     if constexpr (!std::is_same_v<M, float>) gm = Reused<M, kCopySlot>(2 * rows * s.D * G);
@@ -840,7 +848,7 @@ using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 
-// The buffers of the matmul operands (x, w_ih, w) in M.
+// The buffers of the matmul operands (x, w_ih_t, w, w_hh) in M.
 template <typename M>
 struct Operand;
 template <>
@@ -884,7 +892,7 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 }
 
 template <typename M, bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w, F32 h0,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_t, F32 b, MBuf<M> w, F32 h0,
                        F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
                        F32Out hp, bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
@@ -895,7 +903,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
                       "jaxlstm's CPU kernel got an input of the wrong number of rows");
   }
   return Guarded(
-      Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih), b.typed_data(),
+      Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih_t), b.typed_data(),
                  Data<M>(w), h0.typed_data(), c0.typed_data(), lengths.typed_data(),
                  ys->typed_data(), hn->typed_data(), cn->typed_data(),
                  kSave ? acts->typed_data() : nullptr, kSave ? cs->typed_data() : nullptr,
@@ -904,13 +912,13 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
 }
 
 template <typename M>
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w, F32 c0,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w_hh, F32 c0,
                         S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0, F32Out dc0,
                         bool amx) {
   const Shape shape = ShapeOf(acts.dimensions());
   if (ffi::Error error = CheckAmx<M>(amx, shape.G() % 32 == 0); error.failure()) return error;
   return Guarded(
-      Backward<M>{shape, d_ys.typed_data(), acts.typed_data(), cs.typed_data(), Data<M>(w),
+      Backward<M>{shape, d_ys.typed_data(), acts.typed_data(), cs.typed_data(), Data<M>(w_hh),
                   c0.typed_data(), lengths.typed_data(), d_hn.typed_data(), d_cn.typed_data(),
                   dgates->typed_data(), dh0->typed_data(), dc0->typed_data(), amx},
       pool);

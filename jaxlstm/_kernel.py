@@ -123,19 +123,19 @@ def _register() -> None:
 
 
 def _operands(x, w_ih, w_hh_t, mode: str):
-    """The matmul operands: as they are (``mode`` ``"f32"``), or in bfloat16 with the input
-    size padded to even (the kernel multiplies bfloat16 in pairs along it); for ``"amx"``
-    to a multiple of 32 (a tile's depth), and the batch to whole tiles of rows
-    (:func:`_amx_rows`)."""
+    """The forward matmul operands ``x``, ``w_ih^T`` and ``w_hh_t``: in float32 (``mode``
+    ``"f32"``), or in bfloat16 with the input size padded to even (the kernel multiplies
+    bfloat16 in pairs along it); for ``"amx"`` to a multiple of 32 (a tile's depth), and
+    the batch to whole tiles of rows (:func:`_amx_rows`)."""
     if mode == "f32":
-        return x, w_ih, w_hh_t
+        return x, w_ih.T, w_hh_t
     _, batch, size = x.shape
     multiple = 32 if mode == "amx" else 2
     pad = -size % multiple
     rows = _amx_rows(batch) if mode == "amx" else batch
     x = jnp.pad(x, ((0, 0), (0, rows - batch), (0, pad)))  # (L, rows, H_in + pad)
-    w_ih = jnp.pad(w_ih, ((0, 0), (0, pad)))  # (D*4H, H_in + pad)
-    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih, w_hh_t))
+    w_ih_t = jnp.pad(w_ih.T, ((0, pad), (0, 0)))  # (H_in + pad, D*4H)
+    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih_t, w_hh_t))
 
 
 def _amx_rows(batch: int) -> int:
@@ -158,7 +158,7 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
     rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
-    x, w_ih, w_hh_t = _operands(x, w_ih, w_hh_t, mode)
+    x, w_ih_t, w_hh_t = _operands(x, w_ih, w_hh_t, mode)
     out = jax.ffi.ffi_call(
         "jaxlstm_lstm_forward" + ("_save" if save else "") + ("" if mode == "f32" else "_bf16"),
         (
@@ -172,7 +172,7 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
         vmap_method="sequential",
     )(
         x,
-        w_ih,
+        w_ih_t,
         jnp.zeros((dirs, gates), f32) if b is None else b,
         w_hh_t,
         h0,
@@ -210,7 +210,7 @@ def _layer_bwd(mode, residuals, cotangents):
         d_y,
         acts,
         cs,
-        w_hh_t.astype(w_in.dtype),
+        jnp.swapaxes(w_hh_t, 1, 2).astype(w_in.dtype),  # (D, 4H, H)
         c0,
         lengths,
         d_hn,
