@@ -150,7 +150,8 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
     Returns:
         ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
         4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the hidden state each
-        step started from), each ``(L, N, D, H)``.
+        step started from, in the matmul dtype: only the weight gradient reads it), each
+        ``(L, N, D, H)``.
     """
     _register()
     seq_len, batch, _ = x.shape
@@ -167,7 +168,7 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
             state,
             jax.ShapeDtypeStruct((*rows, gates), f32),
             jax.ShapeDtypeStruct((*rows, hidden), f32),
-            jax.ShapeDtypeStruct((*rows, hidden), f32),
+            jax.ShapeDtypeStruct((*rows, hidden), w_hh_t.dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
