@@ -96,9 +96,9 @@ def layer(
         w_hh_t: ``(D, H, 4H)``, the directions' ``w_hh`` transposed and stacked.
         h0, c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None``.
-        matmul_dtype: ``None`` (float32 matmuls) or bfloat16: the kernel's step matmuls
-            and the input gradient's take bfloat16 operands (float32 sums), the state,
-            the gates and the weight gradients stay float32.
+        matmul_dtype: ``None`` (float32 matmuls) or bfloat16: every matmul (the kernel's
+            steps, the input and weight gradients) takes bfloat16 operands with float32
+            sums; the state, the gates and the results stay float32.
         kernel: :func:`available`'s answer; ``"amx"`` runs bfloat16 step matmuls in AMX
             tiles.
 
