@@ -412,8 +412,8 @@ __attribute__((target("avx512f,avx512bw,amx-tile,amx-bf16"))) void AmxProduct(
   int64_t block = 0;
   // Two row blocks at a time, half the columns at a time: tiles 0-3 hold the sums of 2 x 2
   // (16 rows, 16 columns) blocks, 4 and 5 the rows of a, 6 and 7 the weights, each of
-  // which serves both row blocks (the weights come from the L2 cache: their bandwidth
-  // bounds the step).
+  // which serves both row blocks (the weights, which come from the L2 cache, are loaded
+  // once per step).
   for (; block + 2 <= blocks; block += 2) {
     for (int64_t half = 0; half < 2; ++half) {
       ZeroSums();
@@ -422,10 +422,6 @@ __attribute__((target("avx512f,avx512bw,amx-tile,amx-bf16"))) void AmxProduct(
         const int64_t stride = g.lda * sizeof(Bf16);
         for (int64_t k = 0; k < g.k; k += 32) {
           const Bf16* w = WeightTile(g.panel, k, 2 * half);
-          if (k + 32 < g.k) {  // the next two weight tiles (2 KB) on their way to L1
-            const char* next = reinterpret_cast<const char*>(WeightTile(g.panel, k + 32, 2 * half));
-            for (int line = 0; line < 32; ++line) _mm_prefetch(next + 64 * line, _MM_HINT_T0);
-          }
           _tile_loadd(4, a + k, stride);
           _tile_loadd(6, w, kTileRow);
           _tile_dpbf16ps(0, 4, 6);

@@ -23,9 +23,8 @@ at each call of :func:`jaxlstm.lstm` (a static argument of its compiled function
 
 from __future__ import annotations
 
-import functools
 import os
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import jax
@@ -53,7 +52,7 @@ def available() -> str:
     return "amx" if choice != "avx512" and _amx_granted() else "avx512"
 
 
-@functools.cache
+@cache
 def _amx_granted() -> bool:
     """Whether this CPU has AMX's bfloat16 tiles and Linux lets this process use them."""
     return _extension.supported_amx()
@@ -228,7 +227,9 @@ def _layer_bwd(mode, residuals, cotangents):
     # both contract their leading axis as a plain (Eigen) dot that spends most of its time
     # packing. As (small operand transposed into a buffer of its own) @ (gate cotangents),
     # each is a fast row-major matmul; the barriers stop XLA from folding the transposes
-    # (of the operand, and of the result into the weights' layout) back into the dot.
+    # (of the operand, and of the result into the weights' layout) back into the dot. Both
+    # are batched (3-D) products: XLA upcast a 2-D bfloat16 one to float32 (its operand's
+    # transposed layout kept it from its bfloat16 AMX dot).
     # (1, H_in, L*N) @ (1, L*N, D*4H) -> (H_in, D*4H) -> (D*4H, H_in)
     x_t = lax.optimization_barrier(jnp.moveaxis(x.reshape(rows, 1, -1), 0, -1).astype(md))
     d_w_ih = lax.optimization_barrier(_row_products(x_t, g.reshape(rows, 1, -1)))[0].T
