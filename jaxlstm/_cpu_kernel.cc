@@ -10,8 +10,8 @@
 // Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
 // direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
 // leave the state unchanged and output zeros):
-//   forward  in : x (L,N,I), w_ih_t (I,D*G) = w_ih^T, b (D,G) = b_ih + b_hh, w (D,H,G) =
-//                 w_hh^T, h0 (D,N,H), c0 (D,N,H), lengths (N) int32
+//   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w_hh (D,G,H), h0 (D,N,H),
+//                 c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
 //                 empty) acts (L,N,D,G) activated gates, cs (L,N,D,H) cell
 //                 states after each step, hp (L,N,D,H) hidden states before each step (in the
@@ -541,29 +541,83 @@ inline void PackUnit(const Bf16* src, int64_t ld, int64_t k, int64_t rows, __mma
   _mm512_storeu_si512(dst, pairs);
 }
 
+// A 16 x 16 block of 32-bit elements transposed in registers: r[j] becomes column j.
+inline void Transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // 32-bit pairs of rows i, i + 1
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 64-bit pairs
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = _mm512_unpacklo_epi64(t[i + j], t[i + 2 + j]);
+      r[i + 2 + j] = _mm512_unpackhi_epi64(t[i + j], t[i + 2 + j]);
+    }
+  }
+  for (int i = 0; i < 16; i += 8) {  // 128-bit lanes, then 256-bit halves
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + 4 + j], 0x88);
+      t[i + 4 + j] = _mm512_shuffle_i32x4(r[i + j], r[i + 4 + j], 0xdd);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
+  }
+  // The 64-bit unpacks leave columns 4 a + 1 and 4 a + 2 swapped.
+  for (int a = 0; a < 16; a += 4) std::swap(r[a + 1], r[a + 2]);
+}
+
+// The first `count` elements of a source row (float32, or bfloat16 counted in elements)
+// as 64 bytes, zero past them.
+inline __m512i LoadRow(const float* row, int64_t count) {
+  const __mmask16 m = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
+  return _mm512_castps_si512(_mm512_maskz_loadu_ps(m, row));
+}
+inline __m512i LoadRow(const Bf16* row, int64_t count) {
+  const __mmask32 m = count >= 32 ? 0xffffffffu : (uint32_t{1} << count) - 1u;
+  return _mm512_maskz_loadu_epi16(m, row);
+}
+
+// Writes the panel units of 16 columns (source rows: src, stride ld, the first `lanes` of
+// them real, the rest zero) for the packed rows [p0, p0 + 16) whose source elements are
+// [k0, k0 + 16 kPack) of each row (zero from `k_end` on), through dst(p).
+template <typename M, typename Dst>
+inline void PackBlock(const M* src, int64_t ld, int64_t lanes, int64_t k0, int64_t k_end,
+                      int64_t p0, int64_t packed_rows, const Dst& dst) {
+  __m512i r[16];
+  for (int64_t lane = 0; lane < 16; ++lane) {
+    r[lane] = lane < lanes ? LoadRow(src + lane * ld + k0, k_end - k0) : _mm512_setzero_si512();
+  }
+  Transpose16(r);
+  for (int64_t j = 0; j < 16 && p0 + j < packed_rows; ++j) _mm512_storeu_si512(dst(p0 + j), r[j]);
+}
+
 // Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input size
 // padded to whole packed rows, the hidden size padded to He) of one tile's four gates side
 // by side, W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past
-// H): first from w_ih_t (Ie, D*G), then from w (D, H, G) = w_hh^T.
+// H), from w_ih (D*G, Ie) and w_hh (D, G, H) as they are (16 x 16 blocks transposed).
 template <typename M>
-const M* PackForward(const Shape& s, const M* w_ih_t, const M* w, int64_t He, bool amx) {
+const M* PackForward(const Shape& s, const M* w_ih, const M* w_hh, int64_t He, bool amx) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
   const int64_t Ie = Padded<M>(s.I), K = Ie + He, size = s.D * tiles * K * kPanel;
+  const int64_t block = 16 * kPack<M>;  // source elements of 16 packed rows
   M* packed = Reused<M, kPanelsSlot>(size);
   for (int64_t d = 0; d < s.D; ++d)
     for (int64_t u = 0; u < tiles; ++u) {
       M* panel = packed + (d * tiles + u) * K * kPanel;
-      const __mmask16 m = UnitMask(u * kLanes, s.H);
-      for (int64_t k = 0; k < K; k += kPack<M>)
-        for (int gate = 0; gate < 4; ++gate) {
-          M* dst = panel + PanelOffset<M>(amx, k / kPack<M>, gate);
-          const int64_t column = gate * s.H + u * kLanes;
-          if (k < Ie) {
-            PackUnit(w_ih_t + k * s.D * G + d * G + column, s.D * G, k, Ie, m, dst);
-          } else {
-            PackUnit(w + (d * s.H + k - Ie) * G + column, G, k - Ie, s.H, m, dst);
-          }
+      const int64_t lanes = std::min<int64_t>(kLanes, s.H - u * kLanes);
+      for (int gate = 0; gate < 4; ++gate) {
+        const int64_t g = d * G + gate * s.H + u * kLanes;  // the first source row
+        auto x_part = [&](int64_t p) { return panel + PanelOffset<M>(amx, p, gate); };
+        auto h_part = [&](int64_t p) { return x_part(Ie / kPack<M> + p); };
+        for (int64_t k0 = 0; k0 < Ie; k0 += block) {
+          PackBlock(w_ih + g * Ie, Ie, lanes, k0, Ie, k0 / kPack<M>, Ie / kPack<M>, x_part);
         }
+        for (int64_t k0 = 0; k0 < He; k0 += block) {
+          PackBlock(w_hh + g * s.H, s.H, lanes, k0, s.H, k0 / kPack<M>, He / kPack<M>, h_part);
+        }
+      }
     }
   return packed;
 }
@@ -599,9 +653,9 @@ struct RowBlocks {
 template <typename M>
 struct Forward {
   Shape s;
-  const M *x, *w_ih_t;  // (L, N, Ie), (Ie, D*G): the input size padded to whole packed rows
+  const M *x, *w_ih;  // (L, N, Ie), (D*G, Ie): the input size padded to whole packed rows
   const float* b;
-  const M* w;
+  const M* w_hh;  // (D, G, H)
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
@@ -615,7 +669,7 @@ struct Forward {
     const int64_t rows = amx ? blocks.Rows() : s.N;  // of the matmul's operands, per direction
     const int64_t Ie = Padded<M>(s.I), He = amx ? (s.H + 31) / 32 * 32 : Padded<M>(s.H);
     const int64_t K = Ie + He, DNHe = s.D * rows * He;
-    const M* panels = PackForward(s, w_ih_t, w, He, amx);
+    const M* panels = PackForward(s, w_ih, w_hh, He, amx);
     // The (D, N, H) states before each step and after the last: step t reads entry t and
     // writes entry t + 1, so a step's work can be run again (see Team) with the same result.
     // Entries an odd number of cache lines apart, the arrays at different offsets in a
@@ -855,7 +909,7 @@ using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 
-// The buffers of the matmul operands (x, w_ih_t, w, w_hh) in M.
+// The buffers of the matmul operands (x, w_ih, w_hh) in M.
 template <typename M>
 struct Operand;
 template <>
@@ -907,7 +961,7 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 }
 
 template <typename M, bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_t, F32 b, MBuf<M> w, F32 h0,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w_hh, F32 h0,
                        F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
                        MOut<M> hp, bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
@@ -917,8 +971,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_t, F32 b, M
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxlstm's CPU kernel got an input of the wrong number of rows");
   }
-  return Guarded(Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih_t),
-                            b.typed_data(), Data<M>(w), h0.typed_data(), c0.typed_data(),
+  return Guarded(Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih),
+                            b.typed_data(), Data<M>(w_hh), h0.typed_data(), c0.typed_data(),
                             lengths.typed_data(), ys->typed_data(), hn->typed_data(),
                             cn->typed_data(), kSave ? acts->typed_data() : nullptr,
                             kSave ? cs->typed_data() : nullptr, kSave ? Data<M>(hp) : nullptr, amx},

@@ -79,7 +79,7 @@ def layer(
     x: Array,
     w_ih: Array,
     b: Array | None,
-    w_hh_t: Array,
+    w_hh: Array,
     h0: Array,
     c0: Array,
     lengths: Array | None,
@@ -92,7 +92,7 @@ def layer(
         x: ``(L, N, H_in)`` float32, zero past each length.
         w_ih: ``(D, 4H, H_in)``, the directions' ``w_ih`` stacked.
         b: ``(D, 4H)``, ``b_ih + b_hh`` per direction, or ``None``.
-        w_hh_t: ``(D, H, 4H)``, the directions' ``w_hh`` transposed and stacked.
+        w_hh: ``(D, 4H, H)``, the directions' ``w_hh`` stacked.
         h0, c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None``.
         matmul_dtype: ``None`` (float32 matmuls) or bfloat16: every matmul (the kernel's
@@ -109,7 +109,7 @@ def layer(
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
-    y, h_n, c_n = _layer(x, w_ih, b, w_hh_t, h0, c0, lengths.astype(jnp.int32), mode)
+    y, h_n, c_n = _layer(x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32), mode)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
 
@@ -121,20 +121,21 @@ def _register() -> None:
         _registered = True
 
 
-def _operands(x, w_ih, w_hh_t, mode: str):
-    """The forward matmul operands ``x``, ``w_ih^T`` and ``w_hh_t``: in float32 (``mode``
-    ``"f32"``), or in bfloat16 with the input size padded to even (the kernel multiplies
-    bfloat16 in pairs along it); for ``"amx"`` to a multiple of 32 (a tile's depth), and
-    the batch to whole tiles of rows (:func:`_amx_rows`)."""
+def _operands(x, w_ih, w_hh, mode: str):
+    """The forward matmul operands ``x``, ``w_ih`` and ``w_hh``, in the parameters'
+    layouts (the kernel packs the weights from them): in float32 (``mode`` ``"f32"``), or
+    in bfloat16 with the input size padded to even (the kernel multiplies bfloat16 in
+    pairs along it); for ``"amx"`` to a multiple of 32 (a tile's depth), and the batch to
+    whole tiles of rows (:func:`_amx_rows`)."""
     if mode == "f32":
-        return x, w_ih.T, w_hh_t
+        return x, w_ih, w_hh
     _, batch, size = x.shape
     multiple = 32 if mode == "amx" else 2
     pad = -size % multiple
     rows = _amx_rows(batch) if mode == "amx" else batch
     x = jnp.pad(x, ((0, 0), (0, rows - batch), (0, pad)))  # (L, rows, H_in + pad)
-    w_ih_t = jnp.pad(w_ih.T, ((0, pad), (0, 0)))  # (H_in + pad, D*4H)
-    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih_t, w_hh_t))
+    w_ih = jnp.pad(w_ih, ((0, 0), (0, pad)))  # (D*4H, H_in + pad)
+    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih, w_hh))
 
 
 def _amx_rows(batch: int) -> int:
@@ -143,7 +144,7 @@ def _amx_rows(batch: int) -> int:
     return batch if batch <= 16 else -(-batch // 16) * 16
 
 
-def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
+def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     """The kernel's forward loop, input projection included.
 
     Returns:
@@ -154,11 +155,11 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
     """
     _register()
     seq_len, batch, _ = x.shape
-    dirs, hidden, gates = w_hh_t.shape
+    dirs, gates, hidden = w_hh.shape
     rows = (seq_len, batch, dirs) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
-    x, w_ih_t, w_hh_t = _operands(x, w_ih, w_hh_t, mode)
+    x, w_ih, w_hh = _operands(x, w_ih, w_hh, mode)
     out = jax.ffi.ffi_call(
         "jaxlstm_lstm_forward" + ("_save" if save else "") + ("" if mode == "f32" else "_bf16"),
         (
@@ -167,14 +168,14 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
             state,
             jax.ShapeDtypeStruct((*rows, gates), f32),
             jax.ShapeDtypeStruct((*rows, hidden), f32),
-            jax.ShapeDtypeStruct((*rows, hidden), w_hh_t.dtype),  # the matmul dtype
+            jax.ShapeDtypeStruct((*rows, hidden), w_hh.dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
         x,
-        w_ih_t,
+        w_ih,
         jnp.zeros((dirs, gates), f32) if b is None else b,
-        w_hh_t,
+        w_hh,
         h0,
         c0,
         lengths,
@@ -184,18 +185,18 @@ def _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode: str, *, save: bool):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _layer(x, w_ih, b, w_hh_t, h0, c0, lengths, mode):
+def _layer(x, w_ih, b, w_hh, h0, c0, lengths, mode):
     """The layer; ``mode``: ``"f32"``, ``"bf16"`` or ``"amx"`` (bfloat16 in AMX tiles)."""
-    return _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode, save=False)
+    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=False)
 
 
-def _layer_fwd(x, w_ih, b, w_hh_t, h0, c0, lengths, mode):
-    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh_t, h0, c0, lengths, mode, save=True)
-    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh_t, c0, lengths, acts, cs, hp)
+def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
+    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
+    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, c0, lengths, acts, cs, hp)
 
 
 def _layer_bwd(mode, residuals, cotangents):
-    x, w_ih, has_bias, w_hh_t, c0, lengths, acts, cs, hp = residuals
+    x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
@@ -210,7 +211,7 @@ def _layer_bwd(mode, residuals, cotangents):
         d_y,
         acts,
         cs,
-        jnp.swapaxes(w_hh_t, 1, 2).astype(w_in.dtype),  # (D, 4H, H)
+        w_hh.astype(w_in.dtype),
         c0,
         lengths,
         d_hn,
@@ -236,8 +237,9 @@ def _layer_bwd(mode, residuals, cotangents):
     # (D, H, L*N) @ (D, L*N, 4H) -> (D, H, 4H)
     hp_t = lax.optimization_barrier(jnp.moveaxis(hp.reshape(rows, dirs, -1), 0, -1).astype(md))
     d_w_hh_t = lax.optimization_barrier(_row_products(hp_t, g.reshape(rows, dirs, gates)))
+    d_w_hh = jnp.swapaxes(d_w_hh_t, 1, 2)  # (D, 4H, H)
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
-    return d_x, d_w_ih, d_b, d_w_hh_t, dh0, dc0, None
+    return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
 
 
 def _row_products(a_t: Array, b: Array) -> Array:

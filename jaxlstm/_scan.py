@@ -95,8 +95,9 @@ def scan_layer(
         w_hr_t=None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer]),
     )
     if cpu_kernel and _kernel.usable(x, weights.w_hr_t, matmul_dtype, checkpoint_every):
+        w_hh = jnp.stack([p.w_hh for p in layer])  # (D, 4H, H): the kernel packs it as it is
         return _kernel.layer(
-            x, weights.w_ih, weights.b, weights.w_hh_t, h0, c0, lengths, matmul_dtype, cpu_kernel
+            x, weights.w_ih, weights.b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel
         )
     # Scan order: step t of direction 1 reads time L-1-t.
     xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
