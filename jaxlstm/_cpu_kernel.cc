@@ -503,7 +503,7 @@ struct Shape {
 // Memory for one call, kept for the next call of the same (calling) thread: allocating
 // megabytes per call costs page faults on every call, as glibc gives large blocks back to
 // the system when they are freed. Slot tells the buffers of a call apart.
-enum Slot { kPanelsSlot, kHSlot, kCSlot, kHmSlot, kAccSlot, kCopySlot };
+enum Slot { kPanelsSlot, kHSlot, kCSlot, kHmSlot, kAccSlot, kCopySlot, kInputSlot };
 // The memory starts on a cache line: a 64-byte load (a vector, a tile's row) from a
 // misaligned panel touches two lines (measured: AMX steps 2.5x slower).
 template <typename T, Slot>
@@ -652,6 +652,9 @@ struct RowBlocks {
 
 template <typename M>
 struct Forward {
+  static constexpr int64_t kL2Share = 3 << 19;  // 1.5 MiB of a core's L2 for its panels
+  static constexpr int64_t kChunk = 4;          // steps whose input part runs at once
+
   Shape s;
   const M *x, *w_ih;  // (L, N, Ie), (D*G, Ie): the input size padded to whole packed rows
   const float* b;
@@ -700,8 +703,29 @@ struct Forward {
     float* scratch = Reused<float, kAccSlot>(threads * kPanel * rows);  // accumulators
     const TileConfig tile_config(blocks.height);
     const TileConfig* amx_tiles = amx ? &tile_config : nullptr;
-    Team::Run(pool, threads, items, s.L, true, amx_tiles,
-              [&](int64_t item, int64_t step, int thread) {
+    // Where a thread's share of the panels outgrows its L2 cache, the input part of the
+    // products runs for kChunk steps at once (each weight then read once per chunk, not
+    // once per step), in a step of its own before them: team step k of a chunk of
+    // kChunk + 1 is that projection (k = 0) or scan step first + k - 1.
+    const int64_t panel_bytes = s.D * tiles * K * kPanel * int64_t{sizeof(M)};
+    const bool chunked = !amx && panel_bytes / threads > kL2Share;
+    const int64_t chunk = chunked ? kChunk : 1, span = chunked ? kChunk + 1 : 1;
+    float* projected = chunked ? Reused<float, kInputSlot>(items * chunk * s.N * kPanel) : nullptr;
+    const int64_t team_steps = (s.L + chunk - 1) / chunk * span;
+    Team::Run(pool, threads, items, team_steps, true, amx_tiles,
+              [&](int64_t item, int64_t k, int thread) {
+                const int64_t first = k / span * chunk, count = std::min(chunk, s.L - first);
+                const int64_t step = chunked ? first + k % span - 1 : k;
+                if (step >= first + count) return;  // the last chunk's missing steps
+                const int64_t d = item / tiles, unit = item % tiles * kLanes;
+                const M* panel = &panels[item * K * kPanel];
+                // The chunk's first time step (the reverse direction runs down from its last).
+                const int64_t t_first = d == 0 ? first : s.L - first - count;
+                float* xg = chunked ? &projected[item * chunk * s.N * kPanel] : nullptr;
+                if (step < first) {  // (count N, I) @ (I, 4 x 16) for this tile's units
+                  Product(x + t_first * rows * Ie, Ie, count * s.N, panel, Ie, false, xg);
+                  return;
+                }
                 float* acc = &scratch[thread * kPanel * rows];
                 const State in{&h[step * SH], &c[step * SH]};
                 const State out{&h[(step + 1) * SH], &c[(step + 1) * SH]};
@@ -713,10 +737,8 @@ struct Forward {
                   a_in = &hm[step * SM];
                   a_out = &hm[(step + 1) * SM];
                 }
-                const int64_t d = item / tiles, unit = item % tiles * kLanes;
                 const __mmask16 m = UnitMask(unit, s.H);
                 const int64_t t = s.Time(d, step);
-                const M* panel = &panels[item * K * kPanel];
                 // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
                 const M* x_t = x + t * rows * Ie;
                 const M* h_t = a_in + d * rows * He;
@@ -726,7 +748,14 @@ struct Forward {
                                {{x_t, Ie, panel, Ie}, {h_t, He, panel + Ie * kPanel, He}}, acc);
                   }
                 }
-                if (!amx) {
+                if (chunked) {
+                  const float* x_part = xg + (t - t_first) * s.N * kPanel;
+                  Product(h_t, He, s.N, panel + Ie * kPanel, He, false, acc);
+                  for (int64_t i = 0; i < s.N * kPanel; i += kLanes) {
+                    _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i),
+                                                            _mm512_loadu_ps(x_part + i)));
+                  }
+                } else if (!amx) {
                   Product(x_t, Ie, s.N, panel, Ie, false, acc);
                   Product(h_t, He, s.N, panel + Ie * kPanel, He, true, acc);
                 }

@@ -32,6 +32,7 @@ CONFIGS = {
     "rows-tail-two-layers": (6, 7, 33, 128, 2, False, True),
     "padded-row-blocks": (5, 20, 9, 48, 1, True, True),  # AMX: 20 rows in two blocks of 16
     "odd-hidden": (4, 3, 7, 37, 1, True, True),  # bfloat16 pairs across a weight row's end
+    "chunked-input-part": (6, 3, 520, 256, 1, True, True),  # panels beyond L2: chunks of 4
 }
 
 
