@@ -662,8 +662,8 @@ struct Forward {
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
-  float *acts, *cs;  // residuals (nullptr when not saved)
-  M* hp;
+  float *acts, *cs;  // residuals (nullptr when not saved), as is
+  M* hp;             // the last one, in the matmul dtype
   bool amx;  // bfloat16 products in AMX tiles: x's rows are RowBlocks(N).Rows(), Ie % 32 == 0
 
   void Run(ffi::ThreadPool& pool) const {
@@ -705,8 +705,8 @@ struct Forward {
     const TileConfig* amx_tiles = amx ? &tile_config : nullptr;
     // Where a thread's share of the panels outgrows its L2 cache, the input part of the
     // products runs for kChunk steps at once (each weight then read once per chunk, not
-    // once per step), in a step of its own before them: team step k of a chunk of
-    // kChunk + 1 is that projection (k = 0) or scan step first + k - 1.
+    // once per step), in a team step of its own: each chunk of scan steps [first, first +
+    // kChunk) takes kChunk + 1 team steps, that projection and then the scan steps.
     const int64_t panel_bytes = s.D * tiles * K * kPanel * int64_t{sizeof(M)};
     const bool chunked = !amx && panel_bytes / threads > kL2Share;
     const int64_t chunk = chunked ? kChunk : 1, span = chunked ? kChunk + 1 : 1;
