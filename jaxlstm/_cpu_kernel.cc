@@ -742,13 +742,8 @@ struct Forward {
                 // [x_t | h] @ [w_ih | w_hh]^T for this tile's units: (N, I + H) @ (I + H, 4 x 16)
                 const M* x_t = x + t * rows * Ie;
                 const M* h_t = a_in + d * rows * He;
-                if constexpr (std::is_same_v<M, Bf16>) {
-                  if (amx) {
-                    AmxProduct(blocks.blocks, blocks.height,
-                               {{x_t, Ie, panel, Ie}, {h_t, He, panel + Ie * kPanel, He}}, acc);
-                  }
-                }
-                if (chunked) {
+                if (chunked) {  // h's part, then the input part's slice (added apart: a backup
+                                // may run this step again, so the slice stays as it was)
                   const float* x_part = xg + (t - t_first) * s.N * kPanel;
                   Product(h_t, He, s.N, panel + Ie * kPanel, He, false, acc);
                   for (int64_t i = 0; i < s.N * kPanel; i += kLanes) {
@@ -758,6 +753,9 @@ struct Forward {
                 } else if (!amx) {
                   Product(x_t, Ie, s.N, panel, Ie, false, acc);
                   Product(h_t, He, s.N, panel + Ie * kPanel, He, true, acc);
+                } else if constexpr (std::is_same_v<M, Bf16>) {
+                  AmxProduct(blocks.blocks, blocks.height,
+                             {{x_t, Ie, panel, Ie}, {h_t, He, panel + Ie * kPanel, He}}, acc);
                 }
                 for (int64_t n = 0; n < s.N; ++n) {
                   const __m512 h_next = Epilogue(t, d, n, unit, m, &acc[kPanel * n], in, out);
@@ -861,11 +859,11 @@ struct Backward {
                     a = &gm[((step % 2) * rows * s.D + d) * G];
                   }
                   const M* panel = &panels[item * G * kPanel];
-                  if constexpr (std::is_same_v<M, Bf16>) {
-                    if (amx)
-                      AmxProduct(blocks.blocks, blocks.height, {{a, s.D * G, panel, G}}, acc);
+                  if (!amx) {
+                    Product(a, s.D * G, s.N, panel, G, false, acc);
+                  } else if constexpr (std::is_same_v<M, Bf16>) {
+                    AmxProduct(blocks.blocks, blocks.height, {{a, s.D * G, panel, G}}, acc);
                   }
-                  if (!amx) Product(a, s.D * G, s.N, panel, G, false, acc);
                 } else {
                   std::fill(acc, acc + kPanel * s.N, 0.0f);
                 }

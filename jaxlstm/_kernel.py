@@ -58,11 +58,11 @@ def _amx_granted() -> bool:
     return _extension.supported_amx()
 
 
-def usable(x: Array, w_hr_t: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> bool:
-    """Whether :func:`layer` computes the layer of input ``x`` and projection ``w_hr_t``
+def usable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> bool:
+    """Whether :func:`layer` computes the layer of input ``x`` and projection ``w_hr``
     (at trace time, once :func:`available`)."""
     return (
-        w_hr_t is None
+        w_hr is None
         and (
             matmul_dtype is None
             or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and _extension.supported_bf16())
