@@ -706,13 +706,15 @@ struct Forward {
     // Where a thread's share of the panels outgrows its L2 cache, the input part of the
     // products runs for kChunk steps at once (each weight then read once per chunk, not
     // once per step), in a team step of its own: each chunk of scan steps [first, first +
-    // kChunk) takes kChunk + 1 team steps, that projection and then the scan steps.
+    // kChunk) takes kChunk + 1 team steps, that projection and then the scan steps. The
+    // chunk's buffer is reused by the next chunk, so no step may run twice: no backups (a
+    // late copy of a projection would overwrite the next chunk's).
     const int64_t panel_bytes = s.D * tiles * K * kPanel * int64_t{sizeof(M)};
     const bool chunked = !amx && panel_bytes / threads > kL2Share;
     const int64_t chunk = chunked ? kChunk : 1, span = chunked ? kChunk + 1 : 1;
     float* projected = chunked ? Reused<float, kInputSlot>(items * chunk * s.N * kPanel) : nullptr;
     const int64_t team_steps = (s.L + chunk - 1) / chunk * span;
-    Team::Run(pool, threads, items, team_steps, true, amx_tiles,
+    Team::Run(pool, threads, items, team_steps, !chunked, amx_tiles,
               [&](int64_t item, int64_t k, int thread) {
                 const int64_t first = k / span * chunk, count = std::min(chunk, s.L - first);
                 const int64_t step = chunked ? first + k % span - 1 : k;

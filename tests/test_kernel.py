@@ -306,13 +306,16 @@ def _spin(seconds: float) -> None:
         pass
 
 
-@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16])
-def test_results_are_bitwise_the_same_on_busy_cores(matmul_dtype):
+@pytest.mark.parametrize(
+    "name, matmul_dtype",
+    [("two-threads", None), ("two-threads", jnp.bfloat16), ("chunked-input-part", None)],
+)
+def test_results_are_bitwise_the_same_on_busy_cores(name, matmul_dtype):
     """With other processes spinning on every core, the kernel's threads are descheduled in
     the middle of their work (AMX tiles included), and steps are finished by whichever
     thread gets there (a step's part may then run twice): the results stay bitwise those
     of a quiet run."""
-    params, x, hx, cotangents, lengths = _inputs(CONFIGS["two-threads"], seed=4)
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=4)
     forward = jax.jit(lambda p, x, hx, n: jl.lstm(p, x, hx, lengths=n, matmul_dtype=matmul_dtype))
     grads = jax.jit(
         jax.value_and_grad(lambda p, x: _loss(p, x, hx, cotangents, lengths, matmul_dtype))
