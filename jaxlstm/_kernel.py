@@ -149,9 +149,8 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
 
     Returns:
         ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
-        4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the hidden state each
-        step started from, in the matmul dtype: only the weight gradient reads it), each
-        ``(L, N, D, H)``.
+        4H)`` (activated gates) and ``cs (L, N, D, H)`` (cell carries); the hidden states
+        the weight gradient needs are ``y``'s (:func:`_hidden_before`).
     """
     _register()
     seq_len, batch, _ = x.shape
@@ -168,7 +167,6 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
             state,
             jax.ShapeDtypeStruct((*rows, gates), f32),
             jax.ShapeDtypeStruct((*rows, hidden), f32),
-            jax.ShapeDtypeStruct((*rows, hidden), w_hh.dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
@@ -191,12 +189,12 @@ def _layer(x, w_ih, b, w_hh, h0, c0, lengths, mode):
 
 
 def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
-    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
-    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, c0, lengths, acts, cs, hp)
+    y, h_n, c_n, acts, cs = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
+    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, h0, c0, lengths, y, acts, cs)
 
 
 def _layer_bwd(mode, residuals, cotangents):
-    x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
+    x, w_ih, has_bias, w_hh, h0, c0, lengths, y, acts, cs = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
@@ -235,11 +233,28 @@ def _layer_bwd(mode, residuals, cotangents):
     x_t = lax.optimization_barrier(jnp.moveaxis(x.reshape(rows, 1, -1), 0, -1).astype(md))
     d_w_ih = lax.optimization_barrier(_row_products(x_t, g.reshape(rows, 1, -1)))[0].T
     # (D, H, L*N) @ (D, L*N, 4H) -> (D, H, 4H)
-    hp_t = lax.optimization_barrier(jnp.moveaxis(hp.reshape(rows, dirs, -1), 0, -1).astype(md))
+    hp = _hidden_before(y, h0, lengths).reshape(rows, dirs, -1)
+    hp_t = lax.optimization_barrier(jnp.moveaxis(hp, 0, -1).astype(md))
     d_w_hh_t = lax.optimization_barrier(_row_products(hp_t, g.reshape(rows, dirs, gates)))
     d_w_hh = jnp.swapaxes(d_w_hh_t, 1, 2)  # (D, 4H, H)
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
+
+
+def _hidden_before(y: Array, h0: Array, lengths: Array) -> Array:
+    """``(L, N, D, H)``: the hidden state each step of each direction started from, from
+    the layer's output ``y (L, N, D, H)`` and ``h0 (D, N, H)``, where the weight gradient
+    reads it: past a sequence's length (gate cotangents zero) it is whatever ``y`` holds.
+
+    Direction 0 starts step ``t`` from ``y[t - 1]`` (``h0`` at ``t = 0``), the reverse
+    direction from ``y[t + 1]`` (``h0`` at ``t = length - 1``, its first step).
+    """
+    before = [jnp.concatenate([h0[None, 0], y[:-1, :, 0]])]
+    if y.shape[2] == 2:
+        after = jnp.concatenate([y[1:, :, 1], h0[None, 1]])
+        first = jnp.arange(y.shape[0])[:, None] == lengths - 1  # (L, N)
+        before.append(jnp.where(first[..., None], h0[None, 1], after))
+    return jnp.stack(before, axis=2)
 
 
 def _row_products(a_t: Array, b: Array) -> Array:
