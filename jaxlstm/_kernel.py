@@ -222,21 +222,11 @@ def _layer_bwd(mode, residuals, cotangents):
     g = d_gates.astype(md)
     d_x = jnp.matmul(g, w_in, preferred_element_type=jnp.float32)  # (L*N, D*4H) @ (D*4H, H_in)
     d_x = d_x.reshape(seq_len, batch, -1)
-    # The weight gradients contract the L*N rows. XLA:CPU runs a product whose operands
-    # both contract their leading axis as a plain (Eigen) dot that spends most of its time
-    # packing. As (small operand transposed into a buffer of its own) @ (gate cotangents),
-    # each is a fast row-major matmul; the barriers stop XLA from folding the transposes
-    # (of the operand, and of the result into the weights' layout) back into the dot. Both
-    # are batched (3-D) products: XLA upcast a 2-D bfloat16 one to float32 (its operand's
-    # transposed layout kept it from its bfloat16 AMX dot).
-    # (1, H_in, L*N) @ (1, L*N, D*4H) -> (H_in, D*4H) -> (D*4H, H_in)
-    x_t = lax.optimization_barrier(jnp.moveaxis(x.reshape(rows, 1, -1), 0, -1).astype(md))
-    d_w_ih = lax.optimization_barrier(_row_products(x_t, g.reshape(rows, 1, -1)))[0].T
-    # (D, H, L*N) @ (D, L*N, 4H) -> (D, H, 4H)
+    # (L*N, 1, H_in), (L*N, 1, D*4H) -> (1, D*4H, H_in) -> (D*4H, H_in)
+    d_w_ih = _weight_gradient(x.reshape(rows, 1, -1), g.reshape(rows, 1, -1))[0]
+    # (L*N, D, H), (L*N, D, 4H) -> (D, 4H, H)
     hp = _hidden_before(y, h0, lengths).reshape(rows, dirs, -1)
-    hp_t = lax.optimization_barrier(jnp.moveaxis(hp, 0, -1).astype(md))
-    d_w_hh_t = lax.optimization_barrier(_row_products(hp_t, g.reshape(rows, dirs, gates)))
-    d_w_hh = jnp.swapaxes(d_w_hh_t, 1, 2)  # (D, 4H, H)
+    d_w_hh = _weight_gradient(hp, g.reshape(rows, dirs, gates))
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
 
@@ -257,9 +247,28 @@ def _hidden_before(y: Array, h0: Array, lengths: Array) -> Array:
     return jnp.stack(before, axis=2)
 
 
-def _row_products(a_t: Array, b: Array) -> Array:
-    """``(K, M, R) @ (R, K, N) -> (K, M, N)``, contracting the rows ``R``, float32 sums."""
-    return jnp.einsum("kmr,rkn->kmn", a_t, b, preferred_element_type=jnp.float32)
+def _weight_gradient(a: Array, g: Array) -> Array:
+    """``(K, N, M)``: ``g[:, k]^T @ a[:, k]`` for ``a (R, K, M)`` (a weight's operand) and
+    ``g (R, K, N)`` (the gate cotangents, in the matmul dtype), contracting the ``R = L*N``
+    rows, with float32 sums.
+
+    XLA:CPU is slow at products that contract both operands' leading axis, in ways that
+    depend on the dtype and the sizes (measured at typical, bidir2 and big sizes, inside
+    a gradient): in float32 with ``M >= 256`` the plain product ``g^T @ a`` is fastest
+    (``M = 512``: 139 vs 173 ms at big, 29 vs 35-40 ms in bidir2's second layer); below,
+    and in bfloat16, ``a`` transposed into a buffer of its own times ``g`` (a row-major
+    matmul: ``M = 128`` 5.1 vs 6.2 ms; bfloat16 AMX dots 17 vs 30 ms, where a 2-D product
+    with a transposed operand was upcast to float32). The barriers stop XLA from folding
+    the transposes (of ``a``, and of the result into the weight's layout) into the dot.
+    """
+    k = a.shape[1]
+    if g.dtype == jnp.float32 and a.shape[-1] >= 256:
+        return jnp.stack([g[:, i].T @ a[:, i] for i in range(k)])
+    # (R, K, M) -> (K, M, R); one product as a 2-D transpose (XLA's 3-D one took 8x longer)
+    a_t = a[:, 0].T[None] if k == 1 else jnp.moveaxis(a, 0, -1)
+    a_t = lax.optimization_barrier(a_t.astype(g.dtype))
+    d_w_t = jnp.einsum("kmr,rkn->kmn", a_t, g, preferred_element_type=jnp.float32)
+    return jnp.swapaxes(lax.optimization_barrier(d_w_t), 1, 2)
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
