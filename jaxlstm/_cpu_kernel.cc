@@ -13,8 +13,9 @@
 //   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w_hh (D,G,H), h0 (D,N,H),
 //                 c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
-//                 empty) acts (L,N,D,G) activated gates and cs (L,N,D,H) cell states after
-//                 each step (the hidden states the weight gradient needs are in ys)
+//                 empty) acts (L,N,D,G) activated gates, cs (L,N,D,H) cell
+//                 states after each step, hp (L,N,D,H) hidden states before each step (in the
+//                 matmul dtype: the weight gradient's operand)
 //   backward in : d_ys (L,N,D,H), acts, cs, w_hh (D,G,H), c0, lengths, d_hn (D,N,H),
 //                 d_cn (D,N,H)
 //            out: dgates (L,N,D,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
@@ -661,7 +662,8 @@ struct Forward {
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
-  float *acts, *cs;  // residuals (nullptr when not saved)
+  float *acts, *cs;  // residuals (nullptr when not saved), as is
+  M* hp;             // the last one, in the matmul dtype
   bool amx;  // bfloat16 products in AMX tiles: x's rows are RowBlocks(N).Rows(), Ie % 32 == 0
 
   void Run(ffi::ThreadPool& pool) const {
@@ -795,6 +797,11 @@ struct Forward {
     if (acts != nullptr) {
       for (int q = 0; q < 4; ++q) Store(m, acts + row * G + q * s.H + unit, a[q]);
       Store(m, cs + row * s.H + unit, c_next);
+      if constexpr (std::is_same_v<M, float>) {
+        Store(m, hp + row * s.H + unit, h_old);
+      } else {
+        StoreBf16(m, hp + row * s.H + unit, h_old);
+      }
     }
     return h_next;
   }
@@ -937,17 +944,25 @@ struct Operand;
 template <>
 struct Operand<float> {
   using Buffer = F32;
+  using Result = F32Out;
 };
 template <>
 struct Operand<Bf16> {
   using Buffer = ffi::Buffer<ffi::BF16>;
+  using Result = ffi::ResultBuffer<ffi::BF16>;
 };
 template <typename M>
 using MBuf = typename Operand<M>::Buffer;
+template <typename M>
+using MOut = typename Operand<M>::Result;
 
 template <typename M>
 const M* Data(MBuf<M> buffer) {
   return reinterpret_cast<const M*>(buffer.typed_data());
+}
+template <typename M>
+M* Data(MOut<M> buffer) {
+  return reinterpret_cast<M*>(buffer->typed_data());
 }
 
 // Runs a kernel; a failed allocation of its working memory becomes an XLA error.
@@ -977,7 +992,7 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 template <typename M, bool kSave>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w_hh, F32 h0,
                        F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
-                       bool amx) {
+                       MOut<M> hp, bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
   const int64_t n = hd[1];
   if (ffi::Error error = CheckAmx<M>(amx, xd[2] % 32 == 0); error.failure()) return error;
@@ -985,12 +1000,12 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxlstm's CPU kernel got an input of the wrong number of rows");
   }
-  return Guarded(
-      Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih), b.typed_data(),
-                 Data<M>(w_hh), h0.typed_data(), c0.typed_data(), lengths.typed_data(),
-                 ys->typed_data(), hn->typed_data(), cn->typed_data(),
-                 kSave ? acts->typed_data() : nullptr, kSave ? cs->typed_data() : nullptr, amx},
-      pool);
+  return Guarded(Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih),
+                            b.typed_data(), Data<M>(w_hh), h0.typed_data(), c0.typed_data(),
+                            lengths.typed_data(), ys->typed_data(), hn->typed_data(),
+                            cn->typed_data(), kSave ? acts->typed_data() : nullptr,
+                            kSave ? cs->typed_data() : nullptr, kSave ? Data<M>(hp) : nullptr, amx},
+                 pool);
 }
 
 template <typename M>
@@ -1007,7 +1022,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
 }
 
 // Arguments and results in ForwardImpl's and BackwardImpl's order, MB the buffers of the
-// matmul operands.
+// matmul operands (and of the forward's residual hp).
 #define FORWARD_BINDING(MB)   \
   ffi::Ffi::Bind()            \
       .Ctx<ffi::ThreadPool>() \
@@ -1023,6 +1038,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
       .Ret<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \
+      .Ret<MB>()              \
       .Attr<bool>("amx")
 #define BACKWARD_BINDING(MB)  \
   ffi::Ffi::Bind()            \

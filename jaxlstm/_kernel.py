@@ -149,8 +149,9 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
 
     Returns:
         ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
-        4H)`` (activated gates) and ``cs (L, N, D, H)`` (cell carries); the hidden states
-        the weight gradient needs are ``y``'s (:func:`_hidden_before`).
+        4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the hidden state each
+        step started from, in the matmul dtype: only the weight gradient reads it), each
+        ``(L, N, D, H)``.
     """
     _register()
     seq_len, batch, _ = x.shape
@@ -167,6 +168,7 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
             state,
             jax.ShapeDtypeStruct((*rows, gates), f32),
             jax.ShapeDtypeStruct((*rows, hidden), f32),
+            jax.ShapeDtypeStruct((*rows, hidden), w_hh.dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
@@ -189,12 +191,12 @@ def _layer(x, w_ih, b, w_hh, h0, c0, lengths, mode):
 
 
 def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
-    y, h_n, c_n, acts, cs = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
-    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, h0, c0, lengths, y, acts, cs)
+    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
+    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, c0, lengths, acts, cs, hp)
 
 
 def _layer_bwd(mode, residuals, cotangents):
-    x, w_ih, has_bias, w_hh, h0, c0, lengths, y, acts, cs = residuals
+    x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     seq_len, batch, dirs, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
@@ -225,26 +227,9 @@ def _layer_bwd(mode, residuals, cotangents):
     # (L*N, 1, H_in), (L*N, 1, D*4H) -> (1, D*4H, H_in) -> (D*4H, H_in)
     d_w_ih = _weight_gradient(x.reshape(rows, 1, -1), g.reshape(rows, 1, -1))[0]
     # (L*N, D, H), (L*N, D, 4H) -> (D, 4H, H)
-    hp = _hidden_before(y, h0, lengths).reshape(rows, dirs, -1)
-    d_w_hh = _weight_gradient(hp, g.reshape(rows, dirs, gates))
+    d_w_hh = _weight_gradient(hp.reshape(rows, dirs, -1), g.reshape(rows, dirs, gates))
     d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
-
-
-def _hidden_before(y: Array, h0: Array, lengths: Array) -> Array:
-    """``(L, N, D, H)``: the hidden state each step of each direction started from, from
-    the layer's output ``y (L, N, D, H)`` and ``h0 (D, N, H)``, where the weight gradient
-    reads it: past a sequence's length (gate cotangents zero) it is whatever ``y`` holds.
-
-    Direction 0 starts step ``t`` from ``y[t - 1]`` (``h0`` at ``t = 0``), the reverse
-    direction from ``y[t + 1]`` (``h0`` at ``t = length - 1``, its first step).
-    """
-    before = [jnp.concatenate([h0[None, 0], y[:-1, :, 0]])]
-    if y.shape[2] == 2:
-        after = jnp.concatenate([y[1:, :, 1], h0[None, 1]])
-        first = jnp.arange(y.shape[0])[:, None] == lengths - 1  # (L, N)
-        before.append(jnp.where(first[..., None], h0[None, 1], after))
-    return jnp.stack(before, axis=2)
 
 
 def _weight_gradient(a: Array, g: Array) -> Array:
