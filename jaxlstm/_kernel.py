@@ -238,13 +238,14 @@ def _weight_gradient(a: Array, g: Array) -> Array:
     rows, with float32 sums.
 
     XLA:CPU is slow at products that contract both operands' leading axis, in ways that
-    depend on the dtype and the sizes (measured at typical, bidir2 and big sizes, inside
-    a gradient): in float32 with ``M >= 256`` the plain product ``g^T @ a`` is fastest
-    (``M = 512``: 139 vs 173 ms at big, 29 vs 35-40 ms in bidir2's second layer); below,
-    and in bfloat16, ``a`` transposed into a buffer of its own times ``g`` (a row-major
-    matmul: ``M = 128`` 5.1 vs 6.2 ms; bfloat16 AMX dots 17 vs 30 ms, where a 2-D product
-    with a transposed operand was upcast to float32). The barriers stop XLA from folding
-    the transposes (of ``a``, and of the result into the weight's layout) into the dot.
+    depend on the dtype and the sizes (measured at typical, bidir2 and big sizes, on
+    operands computed in the same program): in float32 with ``M >= 256`` the plain
+    product ``g^T @ a`` is fastest (``M = 512``: 139 vs 173 ms at big, 29 vs 35-40 ms in
+    bidir2's second layer); below, and in bfloat16, ``a`` transposed into a buffer of its
+    own times ``g`` (a row-major matmul: ``M = 128`` 5.1 vs 6.2 ms; bfloat16 AMX dots 17
+    vs 30 ms, where a 2-D product with a transposed operand was upcast to float32). The
+    barriers stop XLA from folding the transposes (of ``a``, and of the result into the
+    weight's layout) into the dot.
     """
     k = a.shape[1]
     if g.dtype == jnp.float32 and a.shape[-1] >= 256:
