@@ -13,12 +13,14 @@
 //   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w_hh (D,G,H), h0 (D,N,H),
 //                 c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
-//                 empty) acts (L,N,D,G) activated gates, cs (L,N,D,H) cell
-//                 states after each step, hp (L,N,D,H) hidden states before each step (in the
+//                 empty) acts (D,L,N,G) activated gates, cs (D,L,N,H) cell
+//                 states after each step, hp (D,L,N,H) hidden states before each step (in the
 //                 matmul dtype: the weight gradient's operand)
 //   backward in : d_ys (L,N,D,H), acts, cs, w_hh (D,G,H), c0, lengths, d_hn (D,N,H),
 //                 d_cn (D,N,H)
-//            out: dgates (L,N,D,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
+//            out: dgates (D,L,N,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
+// The residuals and gate cotangents are direction-major: each direction's weight
+// gradients are then products of whole arrays, with no slices copied out first.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -498,6 +500,8 @@ struct Shape {
   int64_t Time(int64_t d, int64_t step) const { return d == 0 ? step : L - 1 - step; }
   // Row of (time t, batch n, direction d) in the (L, N, D, ...) arrays.
   int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
+  // Its row in the direction-major (D, L, N, ...) residuals.
+  int64_t Residual(int64_t t, int64_t n, int64_t d) const { return (d * L + t) * N + n; }
 };
 
 // Memory for one call, kept for the next call of the same (calling) thread: allocating
@@ -795,12 +799,13 @@ struct Forward {
     Store(m, out.c + state, c_next);
     Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
     if (acts != nullptr) {
-      for (int q = 0; q < 4; ++q) Store(m, acts + row * G + q * s.H + unit, a[q]);
-      Store(m, cs + row * s.H + unit, c_next);
+      const int64_t res = s.Residual(t, n, d);
+      for (int q = 0; q < 4; ++q) Store(m, acts + res * G + q * s.H + unit, a[q]);
+      Store(m, cs + res * s.H + unit, c_next);
       if constexpr (std::is_same_v<M, float>) {
-        Store(m, hp + row * s.H + unit, h_old);
+        Store(m, hp + res * s.H + unit, h_old);
       } else {
-        StoreBf16(m, hp + row * s.H + unit, h_old);
+        StoreBf16(m, hp + res * s.H + unit, h_old);
       }
     }
     return h_next;
@@ -847,24 +852,27 @@ struct Backward {
                   for (int64_t n = 0; n < s.N; ++n)
                     for (int64_t unit = v * kPanel; unit < std::min(s.H, (v + 1) * kPanel);
                          unit += kLanes) {
-                      const int64_t row = s.Row(t, n, d);
-                      for (int q = 0; q < 4; ++q) Prefetch(acts + row * G + q * s.H + unit);
-                      Prefetch(cs + row * s.H + unit);
-                      Prefetch(d_ys + row * s.H + unit);
+                      const int64_t res = s.Residual(t, n, d);
+                      for (int q = 0; q < 4; ++q) Prefetch(acts + res * G + q * s.H + unit);
+                      Prefetch(cs + res * s.H + unit);
+                      Prefetch(d_ys + s.Row(t, n, d) * s.H + unit);
                     }
                 }
                 if (step < s.L) {  // dh from the step after: dgates of that step @ w_hh
                   const M* a;
+                  int64_t lda;
                   if constexpr (std::is_same_v<M, float>) {
-                    a = dgates + s.Row(s.Time(d, step), 0, d) * G;
+                    a = dgates + s.Residual(s.Time(d, step), 0, d) * G;
+                    lda = G;
                   } else {
                     a = &gm[((step % 2) * rows * s.D + d) * G];
+                    lda = s.D * G;
                   }
                   const M* panel = &panels[item * G * kPanel];
                   if (!amx) {
-                    Product(a, s.D * G, s.N, panel, G, false, acc);
+                    Product(a, lda, s.N, panel, G, false, acc);
                   } else if constexpr (std::is_same_v<M, Bf16>) {
-                    AmxProduct(blocks.blocks, blocks.height, {{a, s.D * G, panel, G}}, acc);
+                    AmxProduct(blocks.blocks, blocks.height, {{a, lda, panel, G}}, acc);
                   }
                 } else {
                   std::fill(acc, acc + kPanel * s.N, 0.0f);
@@ -889,9 +897,9 @@ struct Backward {
   // The cotangents of scan step `step` of direction d for 16 units of row n, from dh
   // arriving at its output.
   void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) {
-    const int64_t G = s.G(), t = s.Time(d, step), row = s.Row(t, n, d);
+    const int64_t G = s.G(), t = s.Time(d, step), res = s.Residual(t, n, d);
     const int64_t state = (d * s.N + n) * s.H + unit;
-    float* dg = dgates + row * G + unit;
+    float* dg = dgates + res * G + unit;
     const int64_t copy = ((step % 2) * rows * s.D + n * s.D + d) * G + unit;  // in gm
     auto put = [&](int q, __m512 v) {
       Store(m, dg + q * s.H, v);
@@ -902,13 +910,14 @@ struct Backward {
       Store(m, dh0 + state, dh);
       return;
     }
-    const float* a = acts + row * G + unit;
+    const float* a = acts + res * G + unit;
     const __m512 i = Load(m, a), f = Load(m, a + s.H), g = Load(m, a + 2 * s.H);
     const __m512 o = Load(m, a + 3 * s.H);
-    const __m512 c = Load(m, cs + row * s.H + unit);
-    const __m512 c_prev = step > 0 ? Load(m, cs + s.Row(s.Time(d, step - 1), n, d) * s.H + unit)
-                                   : Load(m, c0 + state);
-    const __m512 dr = _mm512_add_ps(dh, Load(m, d_ys + row * s.H + unit));
+    const __m512 c = Load(m, cs + res * s.H + unit);
+    const __m512 c_prev = step > 0
+                              ? Load(m, cs + s.Residual(s.Time(d, step - 1), n, d) * s.H + unit)
+                              : Load(m, c0 + state);
+    const __m512 dr = _mm512_add_ps(dh, Load(m, d_ys + s.Row(t, n, d) * s.H + unit));
     const __m512 one = Set(1.0f), tanh_c = Tanh(c);
     const __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dr, o), _mm512_fnmadd_ps(tanh_c, tanh_c, one),
                                       Load(m, dc0 + state));
@@ -929,9 +938,9 @@ struct Backward {
 
 #pragma GCC pop_options
 
-// From the (L, N, D, 4H) activations (the backward pass needs no input size).
+// From the (D, L, N, 4H) activations (the backward pass needs no input size).
 Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {
-  return Shape{dims[0], dims[1], dims[2], dims[3] / 4, 0};
+  return Shape{dims[1], dims[2], dims[0], dims[3] / 4, 0};
 }
 
 using F32 = ffi::Buffer<ffi::F32>;

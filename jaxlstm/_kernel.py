@@ -148,15 +148,15 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     """The kernel's forward loop, input projection included.
 
     Returns:
-        ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals ``acts (L, N, D,
-        4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the hidden state each
-        step started from, in the matmul dtype: only the weight gradient reads it), each
-        ``(L, N, D, H)``.
+        ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals, direction-major:
+        ``acts (D, L, N, 4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the
+        hidden state each step started from, in the matmul dtype: only the weight gradient
+        reads it), each ``(D, L, N, H)``.
     """
     _register()
     seq_len, batch, _ = x.shape
     dirs, gates, hidden = w_hh.shape
-    rows = (seq_len, batch, dirs) if save else (0, 0, 0)
+    rows = (dirs, seq_len, batch) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
     x, w_ih, w_hh = _operands(x, w_ih, w_hh, mode)
@@ -198,7 +198,7 @@ def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
 def _layer_bwd(mode, residuals, cotangents):
     x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
-    seq_len, batch, dirs, gates = acts.shape
+    dirs, seq_len, batch, gates = acts.shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
     bf16 = mode != "f32"
     w_in = w_ih.astype(jnp.bfloat16) if bf16 else w_ih
@@ -219,23 +219,25 @@ def _layer_bwd(mode, residuals, cotangents):
         amx=mode == "amx" and gates % 32 == 0,  # the products' depth: whole tiles
     )
     rows = seq_len * batch
-    d_gates = d_gates.reshape(rows, dirs * gates)  # (L*N, D*4H)
+    d_gates = d_gates.reshape(dirs, rows, gates)  # (D, L*N, 4H)
     md = w_in.dtype  # every matmul's operands in the matmul dtype, its sums in float32
     g = d_gates.astype(md)
-    d_x = jnp.matmul(g, w_in, preferred_element_type=jnp.float32)  # (L*N, D*4H) @ (D*4H, H_in)
+    w_in = w_in.reshape(dirs, gates, -1)  # (D, 4H, H_in)
+    # sum over d of (L*N, 4H) @ (4H, H_in)
+    d_x = sum(jnp.matmul(g[d], w_in[d], preferred_element_type=jnp.float32) for d in range(dirs))
     d_x = d_x.reshape(seq_len, batch, -1)
-    # (L*N, 1, H_in), (L*N, 1, D*4H) -> (1, D*4H, H_in) -> (D*4H, H_in)
-    d_w_ih = _weight_gradient(x.reshape(rows, 1, -1), g.reshape(rows, 1, -1))[0]
-    # (L*N, D, H), (L*N, D, 4H) -> (D, 4H, H)
-    d_w_hh = _weight_gradient(hp.reshape(rows, dirs, -1), g.reshape(rows, dirs, gates))
-    d_b = d_gates.sum(0).reshape(dirs, gates) if has_bias else None
+    # (1, L*N, H_in), (D, L*N, 4H) -> (D, 4H, H_in) -> (D*4H, H_in)
+    d_w_ih = _weight_gradient(x.reshape(1, rows, -1), g).reshape(dirs * gates, -1)
+    # (D, L*N, H), (D, L*N, 4H) -> (D, 4H, H)
+    d_w_hh = _weight_gradient(hp.reshape(dirs, rows, -1), g)
+    d_b = d_gates.sum(1) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
 
 
 def _weight_gradient(a: Array, g: Array) -> Array:
-    """``(K, N, M)``: ``g[:, k]^T @ a[:, k]`` for ``a (R, K, M)`` (a weight's operand) and
-    ``g (R, K, N)`` (the gate cotangents, in the matmul dtype), contracting the ``R = L*N``
-    rows, with float32 sums.
+    """``(K, N, M)``: ``g[k]^T @ a[k]`` for ``a (K, R, M)`` (a weight's operand, or
+    ``(1, R, M)``: the same for every ``k``) and ``g (K, R, N)`` (the gate cotangents, in
+    the matmul dtype), contracting the ``R = L*N`` rows, with float32 sums.
 
     XLA:CPU is slow at products that contract both operands' leading axis, in ways that
     depend on the dtype and the sizes (measured at typical, bidir2 and big sizes, on
@@ -243,18 +245,23 @@ def _weight_gradient(a: Array, g: Array) -> Array:
     product ``g^T @ a`` is fastest (``M = 512``: 139 vs 173 ms at big, 29 vs 35-40 ms in
     bidir2's second layer); below, and in bfloat16, ``a`` transposed into a buffer of its
     own times ``g`` (a row-major matmul: ``M = 128`` 5.1 vs 6.2 ms; bfloat16 AMX dots 17
-    vs 30 ms, where a 2-D product with a transposed operand was upcast to float32). The
-    barriers stop XLA from folding the transposes (of ``a``, and of the result into the
-    weight's layout) into the dot.
+    vs 30 ms). The barriers stop XLA from folding the transposes (of ``a``, and of the
+    result into the weight's layout) into the dot.
     """
-    k = a.shape[1]
-    if g.dtype == jnp.float32 and a.shape[-1] >= 256:
-        return jnp.stack([g[:, i].T @ a[:, i] for i in range(k)])
-    # (R, K, M) -> (K, M, R); one product as a 2-D transpose (XLA's 3-D one took 8x longer)
-    a_t = a[:, 0].T[None] if k == 1 else jnp.moveaxis(a, 0, -1)
-    a_t = lax.optimization_barrier(a_t.astype(g.dtype))
-    d_w_t = jnp.einsum("kmr,rkn->kmn", a_t, g, preferred_element_type=jnp.float32)
-    return jnp.swapaxes(lax.optimization_barrier(d_w_t), 1, 2)
+    f32 = jnp.float32
+    shape = (g.shape[0], *a.shape[1:])
+    if g.dtype == f32 and a.shape[-1] >= 256:
+        # one product batched over k (per-k slices were copied out first: bidir2 8 ms)
+        return jnp.einsum("krn,krm->knm", g, jnp.broadcast_to(a, shape))
+    # Per k: (1, M, R) @ (1, R, N) as a 3-D product (XLA upcast a 2-D bfloat16 one whose
+    # operand it had transposed to float32, and the bfloat16 typical gradient ran 1.6x
+    # slower with one product batched over k), a's transpose 2-D (a 3-D one: 8x slower).
+    a_t = [lax.optimization_barrier(a_j.T[None].astype(g.dtype)) for a_j in a]
+    d_w_t = [
+        jnp.einsum("kmr,krn->kmn", a_t[k % len(a_t)], g[k][None], preferred_element_type=f32)
+        for k in range(shape[0])
+    ]
+    return jnp.concatenate([lax.optimization_barrier(d).transpose(0, 2, 1) for d in d_w_t])
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
