@@ -666,7 +666,7 @@ struct Forward {
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
-  float *acts, *cs;  // residuals (nullptr when not saved), as is
+  float *acts, *cs;  // residuals (nullptr when not saved)
   M* hp;             // the last one, in the matmul dtype
   bool amx;  // bfloat16 products in AMX tiles: x's rows are RowBlocks(N).Rows(), Ie % 32 == 0
 

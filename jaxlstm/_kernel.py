@@ -7,8 +7,9 @@ input gates is written and read back) keeps its results in registers and applies
 nonlinearities, the cell update and the length masks there, with the hidden units
 shared out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse
 mode is the same scheme over the gate cotangents; the input and weight gradients are
-single large matmuls in XLA. Arrays stay in time order ``(L, N, D, ...)``, the layout of
-the layer's output: no flips, stacks or transposes around the loop. The results are
+single large matmuls in XLA. The output stays in time order ``(L, N, D, H)``, the
+residuals and gate cotangents are direction-major ``(D, L, N, ...)`` (each direction's
+weight gradients take whole arrays): no flips or stacks around the loop. The results are
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
