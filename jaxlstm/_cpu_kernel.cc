@@ -117,6 +117,13 @@ class Team {
   template <typename Work>
   static void Run(ffi::ThreadPool& pool, int threads, int64_t items, int64_t steps, bool backups,
                   const TileConfig* tiles, const Work& work) {
+    if (threads == 1) {  // no one to share with: the plain loop
+      if (tiles != nullptr) LoadTiles(*tiles);
+      for (int64_t step = 0; step < steps; ++step)
+        for (int64_t item = 0; item < items; ++item) work(item, step, 0);
+      if (tiles != nullptr) ReleaseTiles();
+      return;
+    }
     auto team = std::make_shared<Team>(threads, items, steps, backups, tiles);
     team->work_ = &work;
     team->call_ = [](const void* w, int64_t item, int64_t step, int thread) {
