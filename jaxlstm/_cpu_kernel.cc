@@ -13,14 +13,16 @@
 //   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w_hh (D,G,H), h0 (D,N,H),
 //                 c0 (D,N,H), lengths (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
-//                 empty) acts (D,L,N,G) activated gates, cs (D,L,N,H) cell
-//                 states after each step, hp (D,L,N,H) hidden states before each step (in the
-//                 matmul dtype: the weight gradient's operand)
-//   backward in : d_ys (L,N,D,H), acts, cs, w_hh (D,G,H), c0, lengths, d_hn (D,N,H),
-//                 d_cn (D,N,H)
-//            out: dgates (D,L,N,G) (may alias acts), dh0 (D,N,H), dc0 (D,N,H)
-// The residuals and gate cotangents are direction-major: each direction's weight
-// gradients are then products of whole arrays, with no slices copied out first.
+//                 empty) per direction d < 2 (empty for d >= D): acts_d (L,N,G) activated
+//                 gates, cs_d (L,N,H) cell states after each step, hp_d (L,N,H) hidden
+//                 states before each step (in the matmul dtype: the weight gradient's operand)
+//   backward in : d_ys (L,N,D,H), acts_0, acts_1, cs_0, cs_1, w_hh (D,G,H), c0, lengths,
+//                 d_hn (D,N,H), d_cn (D,N,H)
+//            out: dgates_0, dgates_1 (L,N,G) (may alias acts_0, acts_1), dh0 (D,N,H),
+//                 dc0 (D,N,H)
+// The residuals and gate cotangents are arrays of their own per direction: each
+// direction's input and weight gradients are then products of whole arrays (a slice of
+// an array holding both directions would be copied out first).
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -507,8 +509,8 @@ struct Shape {
   int64_t Time(int64_t d, int64_t step) const { return d == 0 ? step : L - 1 - step; }
   // Row of (time t, batch n, direction d) in the (L, N, D, ...) arrays.
   int64_t Row(int64_t t, int64_t n, int64_t d) const { return (t * N + n) * D + d; }
-  // Its row in the direction-major (D, L, N, ...) residuals.
-  int64_t Residual(int64_t t, int64_t n, int64_t d) const { return (d * L + t) * N + n; }
+  // Row of (time t, batch n) in a direction's (L, N, ...) residuals.
+  int64_t Residual(int64_t t, int64_t n) const { return t * N + n; }
 };
 
 // Memory for one call, kept for the next call of the same (calling) thread: allocating
@@ -673,8 +675,8 @@ struct Forward {
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
-  float *acts, *cs;  // residuals (nullptr when not saved)
-  M* hp;             // the last one, in the matmul dtype
+  float *acts[2], *cs[2];  // residuals, per direction (acts[0] nullptr when not saved)
+  M* hp[2];                // the last one, in the matmul dtype
   bool amx;  // bfloat16 products in AMX tiles: x's rows are RowBlocks(N).Rows(), Ie % 32 == 0
 
   void Run(ffi::ThreadPool& pool) const {
@@ -805,14 +807,14 @@ struct Forward {
     Store(m, out.h + state, h_next);
     Store(m, out.c + state, c_next);
     Store(m, ys + row * s.H + unit, keep ? h_new : _mm512_setzero_ps());
-    if (acts != nullptr) {
-      const int64_t res = s.Residual(t, n, d);
-      for (int q = 0; q < 4; ++q) Store(m, acts + res * G + q * s.H + unit, a[q]);
-      Store(m, cs + res * s.H + unit, c_next);
+    if (acts[0] != nullptr) {
+      const int64_t res = s.Residual(t, n);
+      for (int q = 0; q < 4; ++q) Store(m, acts[d] + res * G + q * s.H + unit, a[q]);
+      Store(m, cs[d] + res * s.H + unit, c_next);
       if constexpr (std::is_same_v<M, float>) {
-        Store(m, hp + res * s.H + unit, h_old);
+        Store(m, hp[d] + res * s.H + unit, h_old);
       } else {
-        StoreBf16(m, hp + res * s.H + unit, h_old);
+        StoreBf16(m, hp[d] + res * s.H + unit, h_old);
       }
     }
     return h_next;
@@ -822,15 +824,17 @@ struct Forward {
 template <typename M>
 struct Backward {
   Shape s;
-  const float *d_ys, *acts, *cs;
-  const M* w_hh;  // (D, G, H)
+  const float* d_ys;
+  const float *acts[2], *cs[2];  // per direction
+  const M* w_hh;                 // (D, G, H)
   const float* c0;
   const int32_t* lengths;
   const float *d_hn, *d_cn;
-  float *dgates, *dh0, *dc0;  // dgates may alias acts
-  bool amx;                   // bfloat16 products in AMX tiles: G % 32 == 0
-  M* gm = nullptr;            // the bfloat16 copies below
-  int64_t rows = 0;           // their rows: N, or N padded to whole AMX row blocks
+  float* dgates[2];  // per direction; may alias acts
+  float *dh0, *dc0;
+  bool amx;          // bfloat16 products in AMX tiles: G % 32 == 0
+  M* gm = nullptr;   // the bfloat16 copies below
+  int64_t rows = 0;  // their rows: N, or N padded to whole AMX row blocks
 
   void Run(ffi::ThreadPool& pool) {
     const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), DNH = s.D * s.N * s.H;
@@ -859,9 +863,9 @@ struct Backward {
                   for (int64_t n = 0; n < s.N; ++n)
                     for (int64_t unit = v * kPanel; unit < std::min(s.H, (v + 1) * kPanel);
                          unit += kLanes) {
-                      const int64_t res = s.Residual(t, n, d);
-                      for (int q = 0; q < 4; ++q) Prefetch(acts + res * G + q * s.H + unit);
-                      Prefetch(cs + res * s.H + unit);
+                      const int64_t res = s.Residual(t, n);
+                      for (int q = 0; q < 4; ++q) Prefetch(acts[d] + res * G + q * s.H + unit);
+                      Prefetch(cs[d] + res * s.H + unit);
                       Prefetch(d_ys + s.Row(t, n, d) * s.H + unit);
                     }
                 }
@@ -869,7 +873,7 @@ struct Backward {
                   const M* a;
                   int64_t lda;
                   if constexpr (std::is_same_v<M, float>) {
-                    a = dgates + s.Residual(s.Time(d, step), 0, d) * G;
+                    a = dgates[d] + s.Residual(s.Time(d, step), 0) * G;
                     lda = G;
                   } else {
                     a = &gm[((step % 2) * rows * s.D + d) * G];
@@ -904,9 +908,9 @@ struct Backward {
   // The cotangents of scan step `step` of direction d for 16 units of row n, from dh
   // arriving at its output.
   void Epilogue(int64_t step, int64_t d, int64_t n, int64_t unit, __mmask16 m, __m512 dh) {
-    const int64_t G = s.G(), t = s.Time(d, step), res = s.Residual(t, n, d);
+    const int64_t G = s.G(), t = s.Time(d, step), res = s.Residual(t, n);
     const int64_t state = (d * s.N + n) * s.H + unit;
-    float* dg = dgates + res * G + unit;
+    float* dg = dgates[d] + res * G + unit;
     const int64_t copy = ((step % 2) * rows * s.D + n * s.D + d) * G + unit;  // in gm
     auto put = [&](int q, __m512 v) {
       Store(m, dg + q * s.H, v);
@@ -917,12 +921,12 @@ struct Backward {
       Store(m, dh0 + state, dh);
       return;
     }
-    const float* a = acts + res * G + unit;
+    const float* a = acts[d] + res * G + unit;
     const __m512 i = Load(m, a), f = Load(m, a + s.H), g = Load(m, a + 2 * s.H);
     const __m512 o = Load(m, a + 3 * s.H);
-    const __m512 c = Load(m, cs + res * s.H + unit);
+    const __m512 c = Load(m, cs[d] + res * s.H + unit);
     const __m512 c_prev = step > 0
-                              ? Load(m, cs + s.Residual(s.Time(d, step - 1), n, d) * s.H + unit)
+                              ? Load(m, cs[d] + s.Residual(s.Time(d, step - 1), n) * s.H + unit)
                               : Load(m, c0 + state);
     const __m512 dr = _mm512_add_ps(dh, Load(m, d_ys + s.Row(t, n, d) * s.H + unit));
     const __m512 one = Set(1.0f), tanh_c = Tanh(c);
@@ -944,11 +948,6 @@ struct Backward {
 };
 
 #pragma GCC pop_options
-
-// From the (D, L, N, 4H) activations (the backward pass needs no input size).
-Shape ShapeOf(const ffi::AnyBuffer::Dimensions& dims) {
-  return Shape{dims[1], dims[2], dims[0], dims[3] / 4, 0};
-}
 
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
@@ -1007,8 +1006,9 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 
 template <typename M, bool kSave>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w_hh, F32 h0,
-                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts, F32Out cs,
-                       MOut<M> hp, bool amx) {
+                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts_0,
+                       F32Out acts_1, F32Out cs_0, F32Out cs_1, MOut<M> hp_0, MOut<M> hp_1,
+                       bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
   const int64_t n = hd[1];
   if (ffi::Error error = CheckAmx<M>(amx, xd[2] % 32 == 0); error.failure()) return error;
@@ -1016,25 +1016,50 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "jaxlstm's CPU kernel got an input of the wrong number of rows");
   }
-  return Guarded(Forward<M>{Shape{xd[0], n, hd[0], hd[2], xd[2]}, Data<M>(x), Data<M>(w_ih),
-                            b.typed_data(), Data<M>(w_hh), h0.typed_data(), c0.typed_data(),
-                            lengths.typed_data(), ys->typed_data(), hn->typed_data(),
-                            cn->typed_data(), kSave ? acts->typed_data() : nullptr,
-                            kSave ? cs->typed_data() : nullptr, kSave ? Data<M>(hp) : nullptr, amx},
-                 pool);
+  Forward<M> forward{Shape{xd[0], n, hd[0], hd[2], xd[2]},
+                     Data<M>(x),
+                     Data<M>(w_ih),
+                     b.typed_data(),
+                     Data<M>(w_hh),
+                     h0.typed_data(),
+                     c0.typed_data(),
+                     lengths.typed_data(),
+                     ys->typed_data(),
+                     hn->typed_data(),
+                     cn->typed_data(),
+                     {nullptr, nullptr},
+                     {nullptr, nullptr},
+                     {nullptr, nullptr},
+                     amx};
+  if constexpr (kSave) {
+    forward.acts[0] = acts_0->typed_data(), forward.acts[1] = acts_1->typed_data();
+    forward.cs[0] = cs_0->typed_data(), forward.cs[1] = cs_1->typed_data();
+    forward.hp[0] = Data<M>(hp_0), forward.hp[1] = Data<M>(hp_1);
+  }
+  return Guarded(forward, pool);
 }
 
 template <typename M>
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M> w_hh, F32 c0,
-                        S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates, F32Out dh0, F32Out dc0,
-                        bool amx) {
-  const Shape shape = ShapeOf(acts.dimensions());
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, F32 cs_0, F32 cs_1,
+                        MBuf<M> w_hh, F32 c0, S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates_0,
+                        F32Out dgates_1, F32Out dh0, F32Out dc0, bool amx) {
+  const auto ad = acts_0.dimensions(), wd = w_hh.dimensions();  // (L, N, G), (D, G, H)
+  const Shape shape{ad[0], ad[1], wd[0], wd[2], 0};  // (the backward pass needs no input size)
   if (ffi::Error error = CheckAmx<M>(amx, shape.G() % 32 == 0); error.failure()) return error;
-  return Guarded(
-      Backward<M>{shape, d_ys.typed_data(), acts.typed_data(), cs.typed_data(), Data<M>(w_hh),
-                  c0.typed_data(), lengths.typed_data(), d_hn.typed_data(), d_cn.typed_data(),
-                  dgates->typed_data(), dh0->typed_data(), dc0->typed_data(), amx},
-      pool);
+  return Guarded(Backward<M>{shape,
+                             d_ys.typed_data(),
+                             {acts_0.typed_data(), acts_1.typed_data()},
+                             {cs_0.typed_data(), cs_1.typed_data()},
+                             Data<M>(w_hh),
+                             c0.typed_data(),
+                             lengths.typed_data(),
+                             d_hn.typed_data(),
+                             d_cn.typed_data(),
+                             {dgates_0->typed_data(), dgates_1->typed_data()},
+                             dh0->typed_data(),
+                             dc0->typed_data(),
+                             amx},
+                 pool);
 }
 
 // Arguments and results in ForwardImpl's and BackwardImpl's order, MB the buffers of the
@@ -1054,6 +1079,9 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
       .Ret<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \
+      .Ret<F32>()             \
+      .Ret<F32>()             \
+      .Ret<MB>()              \
       .Ret<MB>()              \
       .Attr<bool>("amx")
 #define BACKWARD_BINDING(MB)  \
@@ -1062,11 +1090,14 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts, F32 cs, MBuf<M
       .Arg<F32>()             \
       .Arg<F32>()             \
       .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Arg<F32>()             \
       .Arg<MB>()              \
       .Arg<F32>()             \
       .Arg<S32>()             \
       .Arg<F32>()             \
       .Arg<F32>()             \
+      .Ret<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \
       .Ret<F32>()             \

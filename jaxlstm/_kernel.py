@@ -7,9 +7,10 @@ input gates is written and read back) keeps its results in registers and applies
 nonlinearities, the cell update and the length masks there, with the hidden units
 shared out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse
 mode is the same scheme over the gate cotangents; the input and weight gradients are
-single large matmuls in XLA. The output stays in time order ``(L, N, D, H)``, the
-residuals and gate cotangents are direction-major ``(D, L, N, ...)`` (each direction's
-weight gradients take whole arrays): no flips or stacks around the loop. The results are
+single large matmuls in XLA. The output stays in time order ``(L, N, D, H)``; the
+residuals and gate cotangents are arrays of their own per direction, each ``(L, N, ...)``
+(each direction's products take whole arrays): no flips or stacks around the loop. The
+results are
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
@@ -149,27 +150,31 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     """The kernel's forward loop, input projection included.
 
     Returns:
-        ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals, direction-major:
-        ``acts (D, L, N, 4H)`` (activated gates), ``cs`` (cell carries) and ``hp`` (the
-        hidden state each step started from, in the matmul dtype: only the weight gradient
-        reads it), each ``(D, L, N, H)``.
+        ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals, each a tuple of
+        one array per direction: ``acts`` (activated gates, ``(L, N, 4H)``), ``cs`` (cell
+        carries) and ``hp`` (the hidden state each step started from, in the matmul dtype:
+        only the weight gradient reads it), each ``(L, N, H)``.
     """
     _register()
     seq_len, batch, _ = x.shape
     dirs, gates, hidden = w_hh.shape
-    rows = (dirs, seq_len, batch) if save else (0, 0, 0)
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
     x, w_ih, w_hh = _operands(x, w_ih, w_hh, mode)
+
+    def residual(width, dtype):  # the kernel's two slots, empty past the directions
+        rows = [(seq_len, batch) if save and d < dirs else (0, 0) for d in range(2)]
+        return [jax.ShapeDtypeStruct((*r, width), dtype) for r in rows]
+
     out = jax.ffi.ffi_call(
         "jaxlstm_lstm_forward" + ("_save" if save else "") + ("" if mode == "f32" else "_bf16"),
         (
             jax.ShapeDtypeStruct((seq_len, batch, dirs, hidden), f32),
             state,
             state,
-            jax.ShapeDtypeStruct((*rows, gates), f32),
-            jax.ShapeDtypeStruct((*rows, hidden), f32),
-            jax.ShapeDtypeStruct((*rows, hidden), w_hh.dtype),  # the matmul dtype
+            *residual(gates, f32),
+            *residual(hidden, f32),
+            *residual(hidden, w_hh.dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
@@ -182,7 +187,9 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
         lengths,
         amx=mode == "amx",
     )
-    return tuple(out) if save else tuple(out[:3])
+    if not save:
+        return tuple(out[:3])
+    return (*out[:3], *(tuple(out[i : i + dirs]) for i in (3, 5, 7)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -199,19 +206,21 @@ def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
 def _layer_bwd(mode, residuals, cotangents):
     x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
-    dirs, seq_len, batch, gates = acts.shape
+    dirs = len(acts)
+    seq_len, batch, gates = acts[0].shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
     bf16 = mode != "f32"
     w_in = w_ih.astype(jnp.bfloat16) if bf16 else w_ih
-    d_gates, dh0, dc0 = jax.ffi.ffi_call(
+    acts, cs = _slots(acts), _slots(cs)
+    *d_gates, dh0, dc0 = jax.ffi.ffi_call(
         "jaxlstm_lstm_backward" + ("_bf16" if bf16 else ""),
-        (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state),
+        (*(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in acts), state, state),
         vmap_method="sequential",
-        input_output_aliases={1: 0},  # the gate cotangents overwrite the activations
+        input_output_aliases={1: 0, 2: 1},  # the gate cotangents overwrite the activations
     )(
         d_y,
-        acts,
-        cs,
+        *acts,
+        *cs,
         w_hh.astype(w_in.dtype),
         c0,
         lengths,
@@ -220,24 +229,31 @@ def _layer_bwd(mode, residuals, cotangents):
         amx=mode == "amx" and gates % 32 == 0,  # the products' depth: whole tiles
     )
     rows = seq_len * batch
-    d_gates = d_gates.reshape(dirs, rows, gates)  # (D, L*N, 4H)
+    d_gates = [d.reshape(rows, gates) for d in d_gates[:dirs]]  # per direction (L*N, 4H)
     md = w_in.dtype  # every matmul's operands in the matmul dtype, its sums in float32
-    g = d_gates.astype(md)
+    g = [d.astype(md) for d in d_gates]
     w_in = w_in.reshape(dirs, gates, -1)  # (D, 4H, H_in)
     # sum over d of (L*N, 4H) @ (4H, H_in)
     d_x = sum(jnp.matmul(g[d], w_in[d], preferred_element_type=jnp.float32) for d in range(dirs))
     d_x = d_x.reshape(seq_len, batch, -1)
-    # (1, L*N, H_in), (D, L*N, 4H) -> (D, 4H, H_in) -> (D*4H, H_in)
-    d_w_ih = _weight_gradient(x.reshape(1, rows, -1), g).reshape(dirs * gates, -1)
-    # (D, L*N, H), (D, L*N, 4H) -> (D, 4H, H)
-    d_w_hh = _weight_gradient(hp.reshape(dirs, rows, -1), g)
-    d_b = d_gates.sum(1) if has_bias else None
+    # (L*N, H_in) and (L*N, 4H) per direction -> (D*4H, H_in)
+    d_w_ih = jnp.concatenate(_weight_gradients([x.reshape(rows, -1)], g))
+    # (L*N, H) and (L*N, 4H) per direction -> (D, 4H, H)
+    d_w_hh = jnp.stack(_weight_gradients([h.reshape(rows, -1) for h in hp], g))
+    d_b = jnp.stack([d.sum(0) for d in d_gates]) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
 
 
-def _weight_gradient(a: Array, g: Array) -> Array:
-    """``(K, N, M)``: ``g[k]^T @ a[k]`` for ``a (K, R, M)`` (a weight's operand, or
-    ``(1, R, M)``: the same for every ``k``) and ``g (K, R, N)`` (the gate cotangents, in
+def _slots(per_direction: tuple[Array, ...]) -> list[Array]:
+    """A residual's arrays in the kernel's two direction slots (the second one empty for
+    one direction)."""
+    first = per_direction[0]
+    return [*per_direction, jnp.zeros((0, *first.shape[1:]), first.dtype)][:2]
+
+
+def _weight_gradients(a: list[Array], g: list[Array]) -> list[Array]:
+    """``g[k]^T @ a[k]``, each ``(N, M)``, for ``a[k] (R, M)`` (a weight's operand, or one
+    array: the same for every ``k``) and ``g[k] (R, N)`` (a direction's gate cotangents, in
     the matmul dtype), contracting the ``R = L*N`` rows, with float32 sums.
 
     XLA:CPU is slow at products that contract both operands' leading axis, in ways that
@@ -250,19 +266,16 @@ def _weight_gradient(a: Array, g: Array) -> Array:
     result into the weight's layout) into the dot.
     """
     f32 = jnp.float32
-    shape = (g.shape[0], *a.shape[1:])
-    if g.dtype == f32 and a.shape[-1] >= 256:
-        # one product batched over k (per-k slices were copied out first: bidir2 8 ms)
-        return jnp.einsum("krn,krm->knm", g, jnp.broadcast_to(a, shape))
-    # Per k: (1, M, R) @ (1, R, N) as a 3-D product (XLA upcast a 2-D bfloat16 one whose
-    # operand it had transposed to float32, and the bfloat16 typical gradient ran 1.6x
-    # slower with one product batched over k), a's transpose 2-D (a 3-D one: 8x slower).
-    a_t = [lax.optimization_barrier(a_j.T[None].astype(g.dtype)) for a_j in a]
+    if g[0].dtype == f32 and a[0].shape[-1] >= 256:
+        return [jnp.einsum("rn,rm->nm", g_k, a[k % len(a)]) for k, g_k in enumerate(g)]
+    # (1, M, R) @ (1, R, N) as a 3-D product: XLA upcast a 2-D bfloat16 one whose operand
+    # it had transposed to float32.
+    a_t = [lax.optimization_barrier(a_j.T[None].astype(g[0].dtype)) for a_j in a]
     d_w_t = [
-        jnp.einsum("kmr,krn->kmn", a_t[k % len(a_t)], g[k][None], preferred_element_type=f32)
-        for k in range(shape[0])
+        jnp.einsum("kmr,krn->kmn", a_t[k % len(a_t)], g_k[None], preferred_element_type=f32)
+        for k, g_k in enumerate(g)
     ]
-    return jnp.concatenate([lax.optimization_barrier(d).transpose(0, 2, 1) for d in d_w_t])
+    return [lax.optimization_barrier(d)[0].T for d in d_w_t]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
