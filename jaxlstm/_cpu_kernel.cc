@@ -10,19 +10,21 @@
 // Layouts (row-major; L steps in time order, N batch, D directions, H hidden, G = 4H;
 // direction 1 runs from its sequence's end, t = L - 1 down to 0; steps at t >= lengths[n]
 // leave the state unchanged and output zeros):
-//   forward  in : x (L,N,I), w_ih (D*G,I), b (D,G) = b_ih + b_hh, w_hh (D,G,H), h0 (D,N,H),
-//                 c0 (D,N,H), lengths (N) int32
+//   forward  in : x (L,N,I), per direction d < 2 (empty for d >= D) w_ih_d (G,I), then
+//                 b_d (G) = b_ih + b_hh, then w_hh_d (G,H); h0 (D,N,H), c0 (D,N,H), lengths
+//                 (N) int32
 //            out: ys (L,N,D,H), h_n (D,N,H), c_n (D,N,H), then for reverse mode (else
 //                 empty) per direction d < 2 (empty for d >= D): acts_d (L,N,G) activated
 //                 gates, cs_d (L,N,H) cell states after each step, hp_d (L,N,H) hidden
 //                 states before each step (in the matmul dtype: the weight gradient's operand)
-//   backward in : d_ys (L,N,D,H), acts_0, acts_1, cs_0, cs_1, w_hh (D,G,H), c0, lengths,
+//   backward in : d_ys (L,N,D,H), acts_0, acts_1, cs_0, cs_1, w_hh_0, w_hh_1, c0, lengths,
 //                 d_hn (D,N,H), d_cn (D,N,H)
 //            out: dgates_0, dgates_1 (L,N,G) (may alias acts_0, acts_1), dh0 (D,N,H),
 //                 dc0 (D,N,H)
-// The residuals and gate cotangents are arrays of their own per direction: each
-// direction's input and weight gradients are then products of whole arrays (a slice of
-// an array holding both directions would be copied out first).
+// The weights, the residuals and the gate cotangents are arrays of their own per
+// direction: the parameters go in as they are, and each direction's input and weight
+// gradients are products of whole arrays (XLA copies a slice of an array holding both
+// directions out before a product reads it, and stacks the parameters into a new one).
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -609,9 +611,10 @@ inline void PackBlock(const M* src, int64_t ld, int64_t lanes, int64_t k0, int64
 // Forward panels: for direction d and 16-unit tile u, the rows k < Ie + He (the input size
 // padded to whole packed rows, the hidden size padded to He) of one tile's four gates side
 // by side, W[k][gate * 16 + lane] = [w_ih | w_hh][d][gate * H + 16 u + lane][k] (zero past
-// H), from w_ih (D*G, Ie) and w_hh (D, G, H) as they are (16 x 16 blocks transposed).
+// H), from w_ih[d] (G, Ie) and w_hh[d] (G, H) as they are (16 x 16 blocks transposed).
 template <typename M>
-const M* PackForward(const Shape& s, const M* w_ih, const M* w_hh, int64_t He, bool amx) {
+const M* PackForward(const Shape& s, const M* const w_ih[2], const M* const w_hh[2], int64_t He,
+                     bool amx) {
   const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
   const int64_t Ie = Padded<M>(s.I), K = Ie + He, size = s.D * tiles * K * kPanel;
   const int64_t block = 16 * kPack<M>;  // source elements of 16 packed rows
@@ -621,14 +624,15 @@ const M* PackForward(const Shape& s, const M* w_ih, const M* w_hh, int64_t He, b
       M* panel = packed + (d * tiles + u) * K * kPanel;
       const int64_t lanes = std::min<int64_t>(kLanes, s.H - u * kLanes);
       for (int gate = 0; gate < 4; ++gate) {
-        const int64_t g = d * G + gate * s.H + u * kLanes;  // the first source row
+        const int64_t g = gate * s.H + u * kLanes;  // the first source row
         auto x_part = [&](int64_t p) { return panel + PanelOffset<M>(amx, p, gate); };
         auto h_part = [&](int64_t p) { return x_part(Ie / kPack<M> + p); };
         for (int64_t k0 = 0; k0 < Ie; k0 += block) {
-          PackBlock(w_ih + g * Ie, Ie, lanes, k0, Ie, k0 / kPack<M>, Ie / kPack<M>, x_part);
+          PackBlock(w_ih[d] + g * Ie, Ie, lanes, k0, Ie, k0 / kPack<M>, Ie / kPack<M>, x_part);
         }
         for (int64_t k0 = 0; k0 < He; k0 += block) {
-          PackBlock(w_hh + g * s.H, s.H, lanes, k0, s.H, k0 / kPack<M>, He / kPack<M>, h_part);
+          PackBlock(w_hh[d] + g * s.H, s.H, lanes, k0, s.H, k0 / kPack<M>, He / kPack<M>,
+                    h_part);
         }
       }
     }
@@ -638,7 +642,7 @@ const M* PackForward(const Shape& s, const M* w_ih, const M* w_hh, int64_t He, b
 // Backward panels: for direction d and 64-unit tile v, W[k][lane] = w_hh[d][k][64 v + lane]
 // for k < G (zero past H).
 template <typename M>
-const M* PackBackward(const Shape& s, const M* w_hh, bool amx) {
+const M* PackBackward(const Shape& s, const M* const w_hh[2], bool amx) {
   const int64_t tiles = (s.H + kPanel - 1) / kPanel, G = s.G(), size = s.D * tiles * G * kPanel;
   M* packed = Reused<M, kPanelsSlot>(size);
   for (int64_t d = 0; d < s.D; ++d)
@@ -647,7 +651,7 @@ const M* PackBackward(const Shape& s, const M* w_hh, bool amx) {
       for (int64_t k = 0; k < G; k += kPack<M>)
         for (int q = 0; q < 4; ++q) {
           const int64_t unit = v * kPanel + q * kLanes;
-          PackUnit(w_hh + (d * G + k) * s.H + unit, s.H, k, G, UnitMask(unit, s.H),
+          PackUnit(w_hh[d] + k * s.H + unit, s.H, k, G, UnitMask(unit, s.H),
                    panel + PanelOffset<M>(amx, k / kPack<M>, q));
         }
     }
@@ -669,9 +673,10 @@ struct Forward {
   static constexpr int64_t kChunk = 4;          // steps whose input part runs at once
 
   Shape s;
-  const M *x, *w_ih;  // (L, N, Ie), (D*G, Ie): the input size padded to whole packed rows
-  const float* b;
-  const M* w_hh;  // (D, G, H)
+  const M* x;          // (L, N, Ie): the input size padded to whole packed rows
+  const M* w_ih[2];     // per direction (G, Ie)
+  const float* b[2];    // (G)
+  const M* w_hh[2];     // (G, H)
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
@@ -791,7 +796,7 @@ struct Forward {
   __m512 Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, __mmask16 m, const float* gates,
                   const State& in, const State& out) const {
     const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
-    const float* bias = b + d * G + unit;
+    const float* bias = b[d] + unit;
     __m512 a[4];
     for (int q = 0; q < 4; ++q)
       a[q] = _mm512_add_ps(_mm512_loadu_ps(gates + kLanes * q), Load(m, bias + q * s.H));
@@ -826,7 +831,7 @@ struct Backward {
   Shape s;
   const float* d_ys;
   const float *acts[2], *cs[2];  // per direction
-  const M* w_hh;                 // (D, G, H)
+  const M* w_hh[2];              // per direction (G, H)
   const float* c0;
   const int32_t* lengths;
   const float *d_hn, *d_cn;
@@ -1005,8 +1010,8 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 }
 
 template <typename M, bool kSave>
-ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBuf<M> w_hh, F32 h0,
-                       F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts_0,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_0, MBuf<M> w_ih_1, F32 b_0,
+                       F32 b_1, MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 h0, F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts_0,
                        F32Out acts_1, F32Out cs_0, F32Out cs_1, MOut<M> hp_0, MOut<M> hp_1,
                        bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
@@ -1018,9 +1023,9 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
   }
   Forward<M> forward{Shape{xd[0], n, hd[0], hd[2], xd[2]},
                      Data<M>(x),
-                     Data<M>(w_ih),
-                     b.typed_data(),
-                     Data<M>(w_hh),
+                     {Data<M>(w_ih_0), Data<M>(w_ih_1)},
+                     {b_0.typed_data(), b_1.typed_data()},
+                     {Data<M>(w_hh_0), Data<M>(w_hh_1)},
                      h0.typed_data(),
                      c0.typed_data(),
                      lengths.typed_data(),
@@ -1041,16 +1046,16 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih, F32 b, MBu
 
 template <typename M>
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, F32 cs_0, F32 cs_1,
-                        MBuf<M> w_hh, F32 c0, S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates_0,
+                        MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 c0, S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates_0,
                         F32Out dgates_1, F32Out dh0, F32Out dc0, bool amx) {
-  const auto ad = acts_0.dimensions(), wd = w_hh.dimensions();  // (L, N, G), (D, G, H)
-  const Shape shape{ad[0], ad[1], wd[0], wd[2], 0};  // (the backward pass needs no input size)
+  const auto ad = acts_0.dimensions(), cd = c0.dimensions();  // (L, N, G), (D, N, H)
+  const Shape shape{ad[0], ad[1], cd[0], cd[2], 0};  // (the backward pass needs no input size)
   if (ffi::Error error = CheckAmx<M>(amx, shape.G() % 32 == 0); error.failure()) return error;
   return Guarded(Backward<M>{shape,
                              d_ys.typed_data(),
                              {acts_0.typed_data(), acts_1.typed_data()},
                              {cs_0.typed_data(), cs_1.typed_data()},
-                             Data<M>(w_hh),
+                             {Data<M>(w_hh_0), Data<M>(w_hh_1)},
                              c0.typed_data(),
                              lengths.typed_data(),
                              d_hn.typed_data(),
@@ -1069,7 +1074,10 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, 
       .Ctx<ffi::ThreadPool>() \
       .Arg<MB>()              \
       .Arg<MB>()              \
+      .Arg<MB>()              \
       .Arg<F32>()             \
+      .Arg<F32>()             \
+      .Arg<MB>()              \
       .Arg<MB>()              \
       .Arg<F32>()             \
       .Arg<F32>()             \
@@ -1092,6 +1100,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, 
       .Arg<F32>()             \
       .Arg<F32>()             \
       .Arg<F32>()             \
+      .Arg<MB>()              \
       .Arg<MB>()              \
       .Arg<F32>()             \
       .Arg<S32>()             \

@@ -79,9 +79,9 @@ def usable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: in
 
 def layer(
     x: Array,
-    w_ih: Array,
-    b: Array | None,
-    w_hh: Array,
+    w_ih: tuple[Array, ...],
+    b: tuple[Array, ...] | None,
+    w_hh: tuple[Array, ...],
     h0: Array,
     c0: Array,
     lengths: Array | None,
@@ -92,9 +92,9 @@ def layer(
 
     Args:
         x: ``(L, N, H_in)`` float32, zero past each length.
-        w_ih: ``(D, 4H, H_in)``, the directions' ``w_ih`` stacked.
-        b: ``(D, 4H)``, ``b_ih + b_hh`` per direction, or ``None``.
-        w_hh: ``(D, 4H, H)``, the directions' ``w_hh`` stacked.
+        w_ih: per direction ``(4H, H_in)`` (the kernel packs the parameters as they are).
+        b: per direction ``(4H,)``, ``b_ih + b_hh``, or ``None``.
+        w_hh: per direction ``(4H, H)``.
         h0, c0: ``(D, N, H)``.
         lengths: ``(N,)`` integer valid lengths, or ``None``.
         matmul_dtype: ``None`` (float32 matmuls) or bfloat16: every matmul (the kernel's
@@ -107,7 +107,6 @@ def layer(
         ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
     """
     seq_len, batch, _ = x.shape
-    w_ih = w_ih.reshape(-1, w_ih.shape[-1])  # (D, 4H, H_in) -> (D*4H, H_in)
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
@@ -124,8 +123,9 @@ def _register() -> None:
 
 
 def _operands(x, w_ih, w_hh, mode: str):
-    """The forward matmul operands ``x``, ``w_ih`` and ``w_hh``, in the parameters'
-    layouts (the kernel packs the weights from them): in float32 (``mode`` ``"f32"``), or
+    """The forward matmul operands ``x`` and, per direction, ``w_ih`` and ``w_hh``, in
+    the parameters' layouts (the kernel packs the weights from them): in float32 (``mode``
+    ``"f32"``), or
     in bfloat16 with the input size padded to even (the kernel multiplies bfloat16 in
     pairs along it); for ``"amx"`` to a multiple of 32 (a tile's depth), and the batch to
     whole tiles of rows (:func:`_amx_rows`)."""
@@ -135,9 +135,10 @@ def _operands(x, w_ih, w_hh, mode: str):
     multiple = 32 if mode == "amx" else 2
     pad = -size % multiple
     rows = _amx_rows(batch) if mode == "amx" else batch
-    x = jnp.pad(x, ((0, 0), (0, rows - batch), (0, pad)))  # (L, rows, H_in + pad)
-    w_ih = jnp.pad(w_ih, ((0, 0), (0, pad)))  # (D*4H, H_in + pad)
-    return tuple(a.astype(jnp.bfloat16) for a in (x, w_ih, w_hh))
+    bf16 = jnp.bfloat16
+    x = jnp.pad(x, ((0, 0), (0, rows - batch), (0, pad))).astype(bf16)  # (L, rows, H_in + pad)
+    w_ih = tuple(jnp.pad(w, ((0, 0), (0, pad))).astype(bf16) for w in w_ih)  # (4H, H_in + pad)
+    return x, w_ih, tuple(w.astype(bf16) for w in w_hh)
 
 
 def _amx_rows(batch: int) -> int:
@@ -157,7 +158,7 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     """
     _register()
     seq_len, batch, _ = x.shape
-    dirs, gates, hidden = w_hh.shape
+    dirs, (gates, hidden) = len(w_hh), w_hh[0].shape
     f32 = jnp.float32
     state = jax.ShapeDtypeStruct((dirs, batch, hidden), f32)
     x, w_ih, w_hh = _operands(x, w_ih, w_hh, mode)
@@ -174,14 +175,14 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
             state,
             *residual(gates, f32),
             *residual(hidden, f32),
-            *residual(hidden, w_hh.dtype),  # the matmul dtype
+            *residual(hidden, w_hh[0].dtype),  # the matmul dtype
         ),
         vmap_method="sequential",
     )(
         x,
-        w_ih,
-        jnp.zeros((dirs, gates), f32) if b is None else b,
-        w_hh,
+        *_slots(w_ih),
+        *_slots((jnp.zeros(gates, f32),) * dirs if b is None else b),
+        *_slots(w_hh),
         h0,
         c0,
         lengths,
@@ -210,7 +211,8 @@ def _layer_bwd(mode, residuals, cotangents):
     seq_len, batch, gates = acts[0].shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
     bf16 = mode != "f32"
-    w_in = w_ih.astype(jnp.bfloat16) if bf16 else w_ih
+    md = jnp.bfloat16 if bf16 else jnp.float32  # every matmul's operands, its sums float32
+    w_in = tuple(w.astype(md) for w in w_ih)
     acts, cs = _slots(acts), _slots(cs)
     *d_gates, dh0, dc0 = jax.ffi.ffi_call(
         "jaxlstm_lstm_backward" + ("_bf16" if bf16 else ""),
@@ -221,7 +223,7 @@ def _layer_bwd(mode, residuals, cotangents):
         d_y,
         *acts,
         *cs,
-        w_hh.astype(w_in.dtype),
+        *_slots(tuple(w.astype(md) for w in w_hh)),
         c0,
         lengths,
         d_hn,
@@ -230,23 +232,23 @@ def _layer_bwd(mode, residuals, cotangents):
     )
     rows = seq_len * batch
     d_gates = [d.reshape(rows, gates) for d in d_gates[:dirs]]  # per direction (L*N, 4H)
-    md = w_in.dtype  # every matmul's operands in the matmul dtype, its sums in float32
     g = [d.astype(md) for d in d_gates]
-    w_in = w_in.reshape(dirs, gates, -1)  # (D, 4H, H_in)
     # sum over d of (L*N, 4H) @ (4H, H_in)
-    d_x = sum(jnp.matmul(g[d], w_in[d], preferred_element_type=jnp.float32) for d in range(dirs))
+    d_x = sum(
+        jnp.matmul(g_d, w, preferred_element_type=jnp.float32)
+        for g_d, w in zip(g, w_in, strict=True)
+    )
     d_x = d_x.reshape(seq_len, batch, -1)
-    # (L*N, H_in) and (L*N, 4H) per direction -> (D*4H, H_in)
-    d_w_ih = jnp.concatenate(_weight_gradients([x.reshape(rows, -1)], g))
-    # (L*N, H) and (L*N, 4H) per direction -> (D, 4H, H)
-    d_w_hh = jnp.stack(_weight_gradients([h.reshape(rows, -1) for h in hp], g))
-    d_b = jnp.stack([d.sum(0) for d in d_gates]) if has_bias else None
+    # per direction (L*N, H_in) and (L*N, 4H) -> (4H, H_in); (L*N, H) and (L*N, 4H) -> (4H, H)
+    d_w_ih = tuple(_weight_gradients([x.reshape(rows, -1)], g))
+    d_w_hh = tuple(_weight_gradients([h.reshape(rows, -1) for h in hp], g))
+    d_b = tuple(d.sum(0) for d in d_gates) if has_bias else None
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
 
 
 def _slots(per_direction: tuple[Array, ...]) -> list[Array]:
-    """A residual's arrays in the kernel's two direction slots (the second one empty for
-    one direction)."""
+    """An operand's or residual's arrays in the kernel's two direction slots (the second
+    one empty for one direction)."""
     first = per_direction[0]
     return [*per_direction, jnp.zeros((0, *first.shape[1:]), first.dtype)][:2]
 

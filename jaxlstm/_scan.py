@@ -88,14 +88,13 @@ def scan_layer(
     """
     seq_len, batch, _ = x.shape
     num_dirs = len(layer)
-    w_ih = jnp.stack([p.w_ih for p in layer])  # (D, 4H, H_in)
-    b = None if layer[0].b_ih is None else jnp.stack([p.b_ih + p.b_hh for p in layer])
+    b = None if layer[0].b_ih is None else tuple(p.b_ih + p.b_hh for p in layer)
     if cpu_kernel and _kernel.usable(x, layer[0].w_hr, matmul_dtype, checkpoint_every):
-        w_hh = jnp.stack([p.w_hh for p in layer])  # (D, 4H, H): the kernel packs it as it is
+        w_ih, w_hh = tuple(p.w_ih for p in layer), tuple(p.w_hh for p in layer)
         return _kernel.layer(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel)
     weights = _Weights(
-        w_ih=w_ih,
-        b=b,
+        w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)
+        b=None if b is None else jnp.stack(b),
         w_hh_t=jnp.stack([p.w_hh.T for p in layer]),  # (D, H_out, 4H)
         w_hr_t=None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer]),
     )
