@@ -8,9 +8,9 @@ nonlinearities, the cell update and the length masks there, with the hidden unit
 shared out over the CPU's cores (the calling thread and XLA's intra-op pool). Its reverse
 mode is the same scheme over the gate cotangents; the input and weight gradients are
 single large matmuls in XLA. The output stays in time order ``(L, N, D, H)``; the
-residuals and gate cotangents are arrays of their own per direction, each ``(L, N, ...)``
-(each direction's products take whole arrays): no flips or stacks around the loop. The
-results are
+weights, the residuals and the gate cotangents are arrays of their own per direction
+(the parameters as they are; residuals ``(L, N, ...)``: each direction's products take
+whole arrays): no flips or stacks around the loop. The results are
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
