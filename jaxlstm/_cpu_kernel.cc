@@ -615,7 +615,7 @@ inline void PackBlock(const M* src, int64_t ld, int64_t lanes, int64_t k0, int64
 template <typename M>
 const M* PackForward(const Shape& s, const M* const w_ih[2], const M* const w_hh[2], int64_t He,
                      bool amx) {
-  const int64_t tiles = (s.H + kLanes - 1) / kLanes, G = s.G();
+  const int64_t tiles = (s.H + kLanes - 1) / kLanes;
   const int64_t Ie = Padded<M>(s.I), K = Ie + He, size = s.D * tiles * K * kPanel;
   const int64_t block = 16 * kPack<M>;  // source elements of 16 packed rows
   M* packed = Reused<M, kPanelsSlot>(size);
@@ -631,8 +631,7 @@ const M* PackForward(const Shape& s, const M* const w_ih[2], const M* const w_hh
           PackBlock(w_ih[d] + g * Ie, Ie, lanes, k0, Ie, k0 / kPack<M>, Ie / kPack<M>, x_part);
         }
         for (int64_t k0 = 0; k0 < He; k0 += block) {
-          PackBlock(w_hh[d] + g * s.H, s.H, lanes, k0, s.H, k0 / kPack<M>, He / kPack<M>,
-                    h_part);
+          PackBlock(w_hh[d] + g * s.H, s.H, lanes, k0, s.H, k0 / kPack<M>, He / kPack<M>, h_part);
         }
       }
     }
@@ -673,10 +672,10 @@ struct Forward {
   static constexpr int64_t kChunk = 4;          // steps whose input part runs at once
 
   Shape s;
-  const M* x;          // (L, N, Ie): the input size padded to whole packed rows
-  const M* w_ih[2];     // per direction (G, Ie)
-  const float* b[2];    // (G)
-  const M* w_hh[2];     // (G, H)
+  const M* x;         // (L, N, Ie): the input size padded to whole packed rows
+  const M* w_ih[2];   // per direction (G, Ie)
+  const float* b[2];  // (G)
+  const M* w_hh[2];   // (G, H)
   const float *h0, *c0;
   const int32_t* lengths;
   float *ys, *hn, *cn;
@@ -1011,9 +1010,9 @@ ffi::Error CheckAmx(bool amx, bool k_multiple_of_32) {
 
 template <typename M, bool kSave>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_0, MBuf<M> w_ih_1, F32 b_0,
-                       F32 b_1, MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 h0, F32 c0, S32 lengths, F32Out ys, F32Out hn, F32Out cn, F32Out acts_0,
-                       F32Out acts_1, F32Out cs_0, F32Out cs_1, MOut<M> hp_0, MOut<M> hp_1,
-                       bool amx) {
+                       F32 b_1, MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 h0, F32 c0, S32 lengths,
+                       F32Out ys, F32Out hn, F32Out cn, F32Out acts_0, F32Out acts_1, F32Out cs_0,
+                       F32Out cs_1, MOut<M> hp_0, MOut<M> hp_1, bool amx) {
   const auto xd = x.dimensions(), hd = h0.dimensions();  // (L, rows, Ie), (D, N, H)
   const int64_t n = hd[1];
   if (ffi::Error error = CheckAmx<M>(amx, xd[2] % 32 == 0); error.failure()) return error;
@@ -1046,8 +1045,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, MBuf<M> x, MBuf<M> w_ih_0, MBuf<M> 
 
 template <typename M>
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, F32 cs_0, F32 cs_1,
-                        MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 c0, S32 lengths, F32 d_hn, F32 d_cn, F32Out dgates_0,
-                        F32Out dgates_1, F32Out dh0, F32Out dc0, bool amx) {
+                        MBuf<M> w_hh_0, MBuf<M> w_hh_1, F32 c0, S32 lengths, F32 d_hn, F32 d_cn,
+                        F32Out dgates_0, F32Out dgates_1, F32Out dh0, F32Out dc0, bool amx) {
   const auto ad = acts_0.dimensions(), cd = c0.dimensions();  // (L, N, G), (D, N, H)
   const Shape shape{ad[0], ad[1], cd[0], cd[2], 0};  // (the backward pass needs no input size)
   if (ffi::Error error = CheckAmx<M>(amx, shape.G() % 32 == 0); error.failure()) return error;
