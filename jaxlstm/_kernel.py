@@ -124,11 +124,10 @@ def _register() -> None:
 
 def _operands(x, w_ih, w_hh, mode: str):
     """The forward matmul operands ``x`` and, per direction, ``w_ih`` and ``w_hh``, in
-    the parameters' layouts (the kernel packs the weights from them): in float32 (``mode``
-    ``"f32"``), or
-    in bfloat16 with the input size padded to even (the kernel multiplies bfloat16 in
-    pairs along it); for ``"amx"`` to a multiple of 32 (a tile's depth), and the batch to
-    whole tiles of rows (:func:`_amx_rows`)."""
+    the parameters' layouts (the kernel packs the weights from them): in float32
+    (``mode`` ``"f32"``), or in bfloat16 with the input size padded to even (the kernel
+    multiplies bfloat16 in pairs along it); for ``"amx"`` to a multiple of 32 (a tile's
+    depth), and the batch to whole tiles of rows (:func:`_amx_rows`)."""
     if mode == "f32":
         return x, w_ih, w_hh
     _, batch, size = x.shape
