@@ -620,7 +620,7 @@ def time_round_robin(
     reps: int,
     warmup: int,
     progress: Any,
-    groups: dict[Any, str] | None = None,
+    settle: bool = False,
 ) -> dict[Any, np.ndarray]:
     """Times each thunk ``reps`` times, interleaved, after ``warmup`` untimed calls each.
 
@@ -628,19 +628,22 @@ def time_round_robin(
     machine falls on all of them and no thunk always runs first. The garbage collector
     is paused while timing. Each thunk must block until its work is done.
 
-    With ``groups`` (a system per thunk), a thunk whose group differs from the one timed
-    just before it is first called once untimed: each system is timed in its own steady
-    state, as in a loop of its own calls, not in the wake of another's. (PyTorch's
-    libgomp workers spin on a core for milliseconds after their work, which slowed the
-    next system's call by up to 60%, and go to sleep when not called, which slows
-    PyTorch's next call; a large XLA program's clean-up slowed the next one by up to 40%.)
+    With ``settle``, a thunk that is not the one timed just before it is first called once
+    untimed: each (a system's pass) is timed in its own steady state, as in a loop of its
+    own calls, not in the wake of another's. (PyTorch's libgomp workers spin on a core for
+    milliseconds after their work, which slowed the next system's call by up to 60%, and
+    go to sleep when not called, which slows PyTorch's next call; a large XLA program's
+    clean-up slowed the next one by up to 40%; settled per system only, jaxlstm's and
+    PyTorch's typical forward+backward, timed right after their own forward, ran 10% and
+    5-9% slower.)
 
     Args:
         thunks: the callables to time, by key.
         reps: timed calls of each.
         warmup: untimed calls of each, first.
         progress: a progress bar, advanced once per timed call.
-        groups: the system of each thunk, by key, or None (no settling calls).
+        settle: call a thunk once untimed before its timed call when another thunk was
+            timed just before it.
 
     Returns:
         Milliseconds per call, ``(reps,)`` per key.
@@ -658,9 +661,9 @@ def time_round_robin(
         for r in range(reps):
             shift = r % len(keys)
             for key in keys[shift:] + keys[:shift]:
-                if groups is not None and groups[key] != previous:
-                    thunks[key]()  # settle: the first call after another system's
-                previous = None if groups is None else groups[key]
+                if settle and key != previous:
+                    thunks[key]()  # settle: the first call after another thunk's
+                previous = key
                 start = time.perf_counter()
                 thunks[key]()
                 times[key].append((time.perf_counter() - start) * 1e3)
@@ -801,7 +804,7 @@ def run_suite(
         dtype: ``"float32"`` or ``"bfloat16"``, for the JAX systems (PyTorch: float32).
         reps: timed repetitions per system and pass, or None for each config's own.
         peak_size: the side of the square matmul that measures the peaks.
-        settle: call a system once untimed when the system timed just before was another
+        settle: call each system's pass once untimed when another was timed just before
             (see :func:`time_round_robin`).
 
     Returns:
@@ -872,9 +875,8 @@ def _run_config(
         for name, runner in runners.items()
         for pass_name in PASSES
     }
-    groups = {key: key[0] for key in thunks} if settle else None  # by system
     times = time_round_robin(
-        thunks, reps=reps or config.reps, warmup=0, progress=progress, groups=groups
+        thunks, reps=reps or config.reps, warmup=0, progress=progress, settle=settle
     )
 
     rows = []
@@ -927,7 +929,7 @@ def format_report(
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
         f"load average {_fmt(machine['load_average'], '.2f')} before the run"
         + (
-            ", each system called once untimed before its first call after another system's"
+            ", each system's pass called once untimed before its timed call after another's"
             if machine.get("settling_calls")
             else ", back to back"
         ),
@@ -1096,8 +1098,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--back-to-back",
         action="store_true",
-        help="time each call right after the previous system's, with no untimed call of "
-        "its own first (PyTorch's spinning OpenMP workers and large XLA programs' clean-up "
+        help="time each call right after the previous one, with no untimed call of its "
+        "own first (PyTorch's spinning OpenMP workers and large XLA programs' clean-up "
         "then slow whatever runs next)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")

@@ -175,11 +175,10 @@ def test_round_robin_rotates_the_order():
     assert progress.n == 12
 
 
-def test_round_robin_settles_each_change_of_system():
+def test_round_robin_settles_each_change_of_thunk():
     calls = []
     thunks = {k: (lambda k=k: calls.append(k)) for k in "abc"}
-    groups = {"a": "x", "b": "x", "c": "y"}
-    times = bench.time_round_robin(thunks, reps=2, warmup=0, progress=_Count(), groups=groups)
-    # round 0: a (settled: first call), b, c (settled); round 1: b, c, a, each settled
-    assert calls == [*"aabcc", *"bbccaa"]
+    times = bench.time_round_robin(thunks, reps=2, warmup=0, progress=_Count(), settle=True)
+    # round 0: a, b, c; round 1: b, c, a; each settled by an untimed call of its own
+    assert calls == [*"aabbcc", *"bbccaa"]
     assert {k: v.shape for k, v in times.items()} == {k: (2,) for k in "abc"}
