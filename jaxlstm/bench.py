@@ -629,8 +629,8 @@ def time_round_robin(
     is paused while timing. Each thunk must block until its work is done.
 
     With ``settle``, a thunk that is not the one timed just before it is first called once
-    untimed: each (a system's pass) is timed in its own steady state, as in a loop of its
-    own calls, not in the wake of another's. (PyTorch's libgomp workers spin on a core for
+    untimed: each system's pass is timed in its own steady state, as in a loop of its own
+    calls, not in the wake of another's. (PyTorch's libgomp workers spin on a core for
     milliseconds after their work, which slowed the next system's call by up to 60%, and
     go to sleep when not called, which slows PyTorch's next call; a large XLA program's
     clean-up slowed the next one by up to 40%; settled per system only, jaxlstm's and
