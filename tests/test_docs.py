@@ -39,6 +39,7 @@ PAGES_WITH_CODE = {
     "lengths.md",
     "precision.md",
     "distributed.md",
+    "performance.md",
 }
 TIMEOUT_S = 600
 # The pages compile many small programs and run them once: LLVM's optimisations cost
