@@ -1139,6 +1139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             skipped.append(f"{peer.name}: skipped, {peer.module} does not import ({error})")
 
+    machine = machine_info(peers)  # before the run: its load average is other work's
+    machine["settling_calls"] = not args.back_to_back
     try:
         rows, peaks = run_suite(
             configs,
@@ -1150,8 +1152,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except OutputMismatchError as error:
         sys.exit(f"jaxlstm-bench: error: {error}")
-    machine = machine_info(peers)
-    machine["settling_calls"] = not args.back_to_back
     print(
         format_report(
             rows,

@@ -95,6 +95,22 @@ def test_peers_filter_bfloat16_na_rows_and_no_tqdm(tmp_path, monkeypatch, capsys
     assert re.search(r"\] \d+/\d+", err)  # the text bar drew
 
 
+def test_load_average_is_the_one_before_the_run(tmp_path, monkeypatch):
+    """The report's load average is other work's, read before the bench loads the machine."""
+    load = [0.25]
+    run_suite = bench.run_suite
+
+    def loading_run(*args, **kwargs):
+        load[0] = 1.75  # the bench's own work
+        return run_suite(*args, **kwargs)
+
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (load[0], 0.0, 0.0))
+    monkeypatch.setattr(bench, "run_suite", loading_run)
+    path = tmp_path / "rows.json"
+    bench.main(["--quick", "--configs", TINY, "--peers", "torch", "--json", str(path)])
+    assert {r["load_average"] for r in json.loads(path.read_text())} == {0.25}
+
+
 def test_a_wrong_peer_is_refused(monkeypatch):
 
     def reversed_gates(config, problem):
