@@ -5,11 +5,12 @@ Functional core: :func:`init_params`, :func:`lstm`, :func:`init_cell_params`,
 :func:`pack_sequence`, :func:`pack_padded_sequence`, :func:`pad_packed_sequence`,
 :func:`pad_sequence`, :func:`unpack_sequence`, :func:`unpad_sequence`. Facades:
 :class:`LSTM`, :class:`LSTMCell`. PyTorch weights: :func:`params_from_torch`,
-:func:`params_to_torch`.
+:func:`params_to_torch`. Checked traced lengths: :func:`checked_lengths`.
 """
 
-from jaxlstm import rnn
+from jaxlstm import _export, rnn
 from jaxlstm._cell import lstm_cell
+from jaxlstm._checks import checked_lengths
 from jaxlstm._lstm import lstm
 from jaxlstm._module import LSTM, LSTMCell
 from jaxlstm._params import (
@@ -32,6 +33,8 @@ from jaxlstm.rnn import (
 
 __version__ = "0.1.0"
 
+_export.register()  # jax.export serialises jaxlstm's PyTrees by name
+
 __all__ = [
     "LSTM",
     "CellParams",
@@ -39,6 +42,7 @@ __all__ = [
     "LayerParams",
     "PackedSequence",
     "__version__",
+    "checked_lengths",
     "init_cell_params",
     "init_params",
     "lstm",

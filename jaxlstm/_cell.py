@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._checks import check_floating
-from jaxlstm._params import CellParams, check_cell_params
+from jaxlstm._params import CellParams, as_arrays, check_cell_params
 
 Array = jax.Array
 
@@ -80,33 +80,47 @@ def update(act: Array, c: Array) -> tuple[Array, Array]:
     return c, o * jnp.tanh(c)
 
 
-def update_vjp(act: Array, c_prev: Array, c: Array, dr: Array, dc: Array) -> tuple[Array, Array]:
-    """Reverse mode of :func:`activations` then :func:`update`.
+def tangent_factors(act: Array, c_prev: Array, c: Array) -> tuple[Array, Array, Array]:
+    """The per-step factors of :func:`activations` then :func:`update`'s derivative.
+
+    With ``dpre`` the tangent of the gate pre-activations and ``dc`` that of the previous
+    cell state, :func:`update_jvp` gives the tangents of the new cell state and of
+    ``o * tanh(c')`` from these factors alone (they depend on the primal values only, so
+    a caller computes them for every step at once, outside the time loop).
 
     Args:
         act: ``(..., 4H)`` activated gates of the step.
         c_prev: ``(..., H)``, the cell state before the step.
         c: ``(..., H)``, the cell state after the step.
-        dr: ``(..., H)``, cotangent of ``o * tanh(c)`` (the unprojected ``h``).
-        dc: ``(..., H)``, cotangent of ``c`` from later steps.
 
     Returns:
-        ``(dgates, dc_prev)``: ``(..., 4H)`` cotangent of the gate pre-activations and
-        ``(..., H)`` cotangent of ``c_prev``.
+        ``(k, f, d)``: ``k (..., 4H)`` = ``[i(1-i) g, f(1-f) c_prev, i (1-g^2),
+        o(1-o) tanh(c')]`` (each gate's pre-activation to its term), ``f (..., H)`` the
+        forget gate, ``d (..., H)`` = ``o (1 - tanh(c')^2)``.
     """
     i, f, g, o = jnp.split(act, 4, axis=-1)  # each (..., H)
     tanh_c = jnp.tanh(c)
-    dc = dc + dr * o * (1 - tanh_c * tanh_c)
-    dgates = jnp.concatenate(
-        [
-            dc * g * i * (1 - i),
-            dc * c_prev * f * (1 - f),
-            dc * i * (1 - g * g),
-            dr * tanh_c * o * (1 - o),
-        ],
-        axis=-1,
+    k = jnp.concatenate(
+        [i * (1 - i) * g, f * (1 - f) * c_prev, i * (1 - g * g), o * (1 - o) * tanh_c], -1
     )
-    return dgates, dc * f
+    return k, f, o * (1 - tanh_c * tanh_c)
+
+
+def update_jvp(k: Array, f: Array, d: Array, dpre: Array, dc: Array) -> tuple[Array, Array]:
+    """Forward mode of :func:`activations` then :func:`update`, linear in ``dpre, dc``.
+
+    Args:
+        k, f, d: :func:`tangent_factors` of the step.
+        dpre: ``(..., 4H)``, tangent of the gate pre-activations.
+        dc: ``(..., H)``, tangent of the previous cell state.
+
+    Returns:
+        ``(dc', dr)``: tangents of the new cell state and of ``o * tanh(c')``, each
+        ``(..., H)``.
+    """
+    di, df, dg, do = jnp.split(dpre * k, 4, axis=-1)  # each (..., H)
+    dc = di + df + dg + f * dc
+    return dc, do + d * dc
 
 
 def step(
@@ -124,7 +138,7 @@ def step(
 
     Returns:
         ``(h', c', act)`` with shapes ``(..., H_out)``, ``(..., H)`` and ``(..., 4H)``
-        (the activated gates, kept for :func:`update_vjp`).
+        (the activated gates, kept for :func:`tangent_factors`).
     """
     act = activations(xg + matmul(h, w_hh_t))  # (..., H_out) @ (..., H_out, 4H) -> (..., 4H)
     c, h = update(act, c)
@@ -156,6 +170,7 @@ def lstm_cell(
         >>> h.shape, c.shape
         ((3, 20), (3, 20))
     """
+    params = as_arrays(params)  # array-likes, e.g. nnx.Param or torch tensors
     input_size, hidden = check_cell_params(params)
     input = check_floating("input", input)
     if input.ndim not in (1, 2):

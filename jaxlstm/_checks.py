@@ -8,8 +8,10 @@ documented traced behaviour applies.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -148,6 +150,54 @@ def check_matmul_dtype(matmul_dtype: Any, dtype: Any = None) -> Any:
     return None if dtype is not None and md == jnp.dtype(dtype) else md
 
 
+class _Flag:
+    """``jax.make_user_context``'s stand-in on a jax without it: a flag read when a
+    function is traced, not part of ``jax.jit``'s cache key."""
+
+    value = False
+
+    @contextlib.contextmanager
+    def __call__(self, value: bool) -> Iterator[None]:
+        previous, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = previous
+
+
+# Part of jax.jit's cache key where JAX allows it: entering or leaving the context retraces.
+_checked = jax.make_user_context(False) if hasattr(jax, "make_user_context") else _Flag()
+
+
+def checked_lengths(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """A context in which traced ``lengths`` are checked, for ``checkify`` to report.
+
+    Outside ``jax.jit``, lengths outside ``[0, L]`` always raise a ``ValueError``. Traced
+    lengths can't raise; by default a length above ``L`` acts as ``L`` and a negative one
+    as ``0``. Functions traced inside this context also place a
+    ``jax.experimental.checkify.debug_check`` on traced lengths, so that running them
+    under ``checkify.checkify`` reports out-of-range lengths. It is opt-in because the
+    check is an effect that ``jax.export`` cannot serialise. Entering or leaving the
+    context retraces jitted functions (on a jax without ``jax.make_user_context``, it is
+    read only when a function is traced: trace it inside the context).
+
+    Args:
+        enabled: ``False`` turns the checks off again inside an enclosing context.
+
+    Example:
+        >>> from jax.experimental import checkify
+        >>> params = init_params(jax.random.key(0), 5, 3)
+        >>> run = jax.jit(lambda x, n: lstm(params, x, lengths=n)[0])
+        >>> with checked_lengths():
+        ...     err, _ = checkify.checkify(run)(jnp.ones((4, 2, 5)), jnp.array([9, 2]))
+        >>> err.get().startswith("lengths must lie in [0, 4]")
+        True
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    return _checked(enabled)
+
+
 def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = "lengths"):
     """Validates per-sequence lengths; returns them as an integer JAX array.
 
@@ -158,14 +208,14 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
         name: the argument's name in messages.
 
     Traced lengths (under ``jax.jit``) cannot be checked when traced: a length above
-    ``L`` then acts as ``L`` and a negative one as ``0``. Run under
-    ``jax.experimental.checkify.checkify`` to have out-of-range traced lengths reported
-    (a ``checkify.debug_check``, free when not checkified).
+    ``L`` then acts as ``L`` and a negative one as ``0``. Inside :func:`checked_lengths`
+    they get a ``checkify.debug_check``, which ``jax.experimental.checkify.checkify``
+    reports.
     """
     if lengths is None:
         raise TypeError(f"{name} must be an integer array, got None")
-    if not hasattr(lengths, "dtype"):
-        lengths = as_array(name, lengths, np.asarray)
+    if not isinstance(lengths, (jax.Array, np.ndarray, np.generic)):
+        lengths = as_array(name, lengths, np.asarray)  # lists, torch tensors, nnx.Param
     want_ndim = 0 if batch is None else 1
     if lengths.ndim != want_ndim:
         shape = "a scalar" if batch is None else f"a 1-D array of shape ({batch},)"
@@ -181,11 +231,13 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
     if not is_int and not whole_floats:  # bfloat16 and float16 can't even hold 257
         raise TypeError(f"{name} must be an integer array, got dtype {lengths.dtype}")
     if values is None:
-        checkify.debug_check(
-            jnp.all((lengths >= 0) & (lengths <= max_len)),
-            f"{name} must lie in [0, {max_len}] (the padded sequence length), got {{lengths}}",
-            lengths=lengths,
-        )
+        if _checked.value:
+            message = f"{name} must lie in [0, {max_len}] (the padded sequence length), got "
+            checkify.debug_check(
+                jnp.all((lengths >= 0) & (lengths <= max_len)),
+                message + "{lengths}",  # formatted by checkify
+                lengths=lengths,
+            )
     else:
         if not is_int and not np.all(values == np.round(values)):
             raise TypeError(f"{name} must hold whole numbers, got {values.tolist()}")
@@ -196,3 +248,14 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
             )
     # Clip before narrowing, so that a traced int64 length of 2**32 + 1 acts as L, not 1.
     return jnp.clip(jnp.asarray(lengths), 0, max_len).astype(jnp.int32)
+
+
+IMPLS = ("auto", "scan", "cpu_kernel")
+"""The values of :func:`jaxlstm.lstm`'s ``impl``."""
+
+
+def check_impl(impl: Any) -> None:
+    """Requires one of :data:`IMPLS` (a Python string: it picks the compiled program)."""
+    check_static("impl", impl)
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")

@@ -26,12 +26,15 @@ at each call of :func:`jaxlstm.lstm` (a static argument of its compiled function
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxlstm._linear_pair import linear_pair
 
 Array = jax.Array
 
@@ -54,27 +57,67 @@ def available() -> str:
     return "amx" if choice != "avx512" and _amx_granted() else "avx512"
 
 
+def choose(impl: str) -> str:
+    """The kernel a call with ``impl`` may run in, ``""`` for none.
+
+    ``"auto"`` is :func:`available`; ``"scan"`` never the kernel; ``"cpu_kernel"`` the
+    kernel even where ``JAXLSTM_CPU_KERNEL=0``, and a ``ValueError`` saying why where
+    this machine or install has none.
+    """
+    if impl == "scan":
+        return ""
+    if impl == "auto":
+        return available()
+    if _extension is None:
+        raise ValueError(
+            "impl='cpu_kernel': this install of jaxlstm has no CPU kernel (it was built "
+            "without a C++17 compiler, or not on x86-64); reinstall with a compiler, or "
+            "use impl='auto' or impl='scan'"
+        )
+    if not _extension.supported():
+        raise ValueError(
+            "impl='cpu_kernel' needs an x86-64 CPU with AVX-512 (avx512f, avx512dq, "
+            "avx512bw, avx512vl and fma); this CPU lacks them: use impl='auto' or "
+            "impl='scan'"
+        )
+    avx512 = os.environ.get("JAXLSTM_CPU_KERNEL") == "avx512"
+    return "amx" if not avx512 and _amx_granted() else "avx512"
+
+
 @cache
 def _amx_granted() -> bool:
     """Whether this CPU has AMX's bfloat16 tiles and Linux lets this process use them."""
     return _extension.supported_amx()
 
 
-def usable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> bool:
-    """Whether :func:`layer` computes the layer of input ``x`` and projection ``w_hr``
-    (at trace time, once :func:`available`)."""
-    return (
-        w_hr is None
-        and (
+def unusable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> str:
+    """Why :func:`layer` cannot compute the layer of input ``x`` and projection ``w_hr``
+    (at trace time, once :func:`available`), or ``""`` when it can."""
+    reasons = {
+        "a projection (proj_size > 0)": w_hr is not None,
+        "empty or symbolic shapes": not all(isinstance(d, int) and d > 0 for d in x.shape),
+        f"matmul_dtype {matmul_dtype} on this CPU (bfloat16 needs AVX512_BF16)": not (
             matmul_dtype is None
             or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and _extension.supported_bf16())
-        )
-        and (checkpoint_every is None or checkpoint_every >= x.shape[0])
-        and x.dtype == jnp.float32
-        and min(x.shape) > 0
-        and jax.default_backend() == "cpu"
-        and jax.device_count() == 1
-    )
+        ),
+        "checkpoint_every shorter than the sequence": not (
+            checkpoint_every is None
+            or not isinstance(x.shape[0], int)  # symbolic: said above, never compared
+            or checkpoint_every >= x.shape[0]
+        ),
+        f"dtype {x.dtype} (it runs float32)": x.dtype != jnp.float32,
+        f"the {jax.default_backend()} backend": jax.default_backend() != "cpu",
+        "several devices": jax.device_count() != 1,
+        "shard_map (values varying over mesh axes)": bool(_varying_axes(x)),
+    }
+    return ", ".join(reason for reason, applies in reasons.items() if applies)
+
+
+def _varying_axes(x: Array) -> frozenset:
+    """The mesh axes ``x`` varies over inside ``shard_map`` (empty outside)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", None) or ())
 
 
 def layer(
@@ -87,6 +130,8 @@ def layer(
     lengths: Array | None,
     matmul_dtype: Any = None,
     kernel: str = "avx512",
+    *,
+    reference: Callable,
 ) -> tuple[Array, Array, Array]:
     """One layer, every direction, in the kernel; as :func:`jaxlstm._scan.scan_layer`.
 
@@ -102,6 +147,9 @@ def layer(
             sums; the state, the gates and the results stay float32.
         kernel: :func:`available`'s answer; ``"amx"`` runs bfloat16 step matmuls in AMX
             tiles.
+        reference: the same layer in plain JAX, ``reference(x, w_ih, b, w_hh, h0, c0,
+            lengths (N,), matmul_dtype) -> (y (L, N, D*H), h_n, c_n)``: forward mode and
+            the derivatives of the kernel's derivatives (second order) run it.
 
     Returns:
         ``(y (L, N, D*H), h_n (D, N, H), c_n (D, N, H))``.
@@ -110,8 +158,22 @@ def layer(
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
-    y, h_n, c_n = _layer(x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32), mode)
+    spec = _Spec(mode, reference, matmul_dtype)
+    y, h_n, c_n = _layer(x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32), spec)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
+
+
+class _Spec(NamedTuple):
+    """What a kernel call computes, beyond its operands (static, hashable)."""
+
+    mode: str  # "f32", "bf16" or "amx" (bfloat16 products in AMX tiles)
+    reference: Callable  # the layer in plain JAX (see :func:`layer`)
+    matmul_dtype: Any
+
+    def plain(self, x, w_ih, b, w_hh, h0, c0, lengths):
+        """:attr:`reference` in the kernel's layout: ``(y (L, N, D, H), h_n, c_n)``."""
+        y, h_n, c_n = self.reference(x, w_ih, b, w_hh, h0, c0, lengths, self.matmul_dtype)
+        return y.reshape(*x.shape[:2], len(w_hh), -1), h_n, c_n
 
 
 def _register() -> None:
@@ -192,24 +254,52 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     return (*out[:3], *(tuple(out[i : i + dirs]) for i in (3, 5, 7)))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _layer(x, w_ih, b, w_hh, h0, c0, lengths, mode):
-    """The layer; ``mode``: ``"f32"``, ``"bf16"`` or ``"amx"`` (bfloat16 in AMX tiles)."""
-    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=False)
+@partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _layer(x, w_ih, b, w_hh, h0, c0, lengths, spec):
+    """The layer in the kernel (:func:`layer`'s arguments, ``spec`` a :class:`_Spec`).
+
+    Its derivative (:func:`_layer_jvp`) is the forward loop that saves residuals, then
+    the tangent as a primitive whose transpose runs the kernel's backward loop: reverse
+    mode is the kernel's, and forward mode, second order and ``vmap`` compose with it.
+    """
+    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, spec.mode, save=False)
 
 
-def _layer_fwd(x, w_ih, b, w_hh, h0, c0, lengths, mode):
-    y, h_n, c_n, acts, cs, hp = _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, save=True)
-    return (y, h_n, c_n), (x, w_ih, b is not None, w_hh, c0, lengths, acts, cs, hp)
+@_layer.defjvp
+def _layer_jvp(spec, primals, tangents):
+    y, h_n, c_n, *saved = _saved(*primals, spec)
+    out = (y, h_n, c_n)
+    return out, _tangent((primals, tuple(saved)), tangents[:6], spec, _shapes(out))
 
 
-def _layer_bwd(mode, residuals, cotangents):
-    x, w_ih, has_bias, w_hh, c0, lengths, acts, cs, hp = residuals
+@partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _saved(x, w_ih, b, w_hh, h0, c0, lengths, spec):
+    """The kernel's forward loop with its residuals: ``(y, h_n, c_n, acts, cs, hp)``."""
+    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, spec.mode, save=True)
+
+
+@_saved.defjvp
+def _saved_jvp(spec, primals, tangents):
+    """Second order: the results' tangents as :func:`_layer_jvp`'s; the residuals' are
+    zero, as the tangent primitives' own derivatives read the primals, never them."""
+    out = _saved(*primals, spec)
+    t_out = _tangent((primals, tuple(out[3:])), tangents[:6], spec, _shapes(out[:3]))
+    return out, (*t_out, *jax.tree.map(jnp.zeros_like, out[3:]))
+
+
+def _shapes(arrays):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
+
+
+def _backward(residuals, cotangents, spec):
+    """The kernel's reverse mode: the cotangents of ``(x, w_ih, b, w_hh, h0, c0)`` from
+    those of ``(y (L, N, D, H), h_n, c_n)``."""
+    (x, w_ih, b, w_hh, _, c0, lengths), (acts, cs, hp) = residuals
     d_y, d_hn, d_cn = cotangents  # (L, N, D, H), (D, N, H), (D, N, H)
     dirs = len(acts)
     seq_len, batch, gates = acts[0].shape
     state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
-    bf16 = mode != "f32"
+    bf16 = spec.mode != "f32"
     md = jnp.bfloat16 if bf16 else jnp.float32  # every matmul's operands, its sums float32
     w_in = tuple(w.astype(md) for w in w_ih)
     acts, cs = _slots(acts), _slots(cs)
@@ -227,7 +317,7 @@ def _layer_bwd(mode, residuals, cotangents):
         lengths,
         d_hn,
         d_cn,
-        amx=mode == "amx" and gates % 32 == 0,  # the products' depth: whole tiles
+        amx=spec.mode == "amx" and gates % 32 == 0,  # the products' depth: whole tiles
     )
     rows = seq_len * batch
     d_gates = [d.reshape(rows, gates) for d in d_gates[:dirs]]  # per direction (L*N, 4H)
@@ -241,8 +331,33 @@ def _layer_bwd(mode, residuals, cotangents):
     # per direction (L*N, H_in) and (L*N, 4H) -> (4H, H_in); (L*N, H) and (L*N, 4H) -> (4H, H)
     d_w_ih = tuple(_weight_gradients([x.reshape(rows, -1)], g))
     d_w_hh = tuple(_weight_gradients([h.reshape(rows, -1) for h in hp], g))
-    d_b = tuple(d.sum(0) for d in d_gates) if has_bias else None
-    return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0, None
+    d_b = None if b is None else tuple(d.sum(0) for d in d_gates)
+    return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0
+
+
+def _plain_tangent(residuals, tangents, spec):
+    """Forward mode, in plain JAX: the tangents of ``(y, h_n, c_n)``."""
+    primals, _ = residuals
+    lengths = primals[6]
+    return jax.jvp(lambda *p: spec.plain(*p, lengths), primals[:6], tangents)[1]
+
+
+def _plain_backward(residuals, cotangents, spec):
+    """:func:`_backward` in plain JAX (the reverse mode of :attr:`_Spec.reference`)."""
+    primals, _ = residuals
+    lengths = primals[6]
+    return jax.vjp(lambda *p: spec.plain(*p, lengths), *primals[:6])[1](cotangents)
+
+
+# The tangent of the kernel's layer, whose transpose is the kernel's backward loop (looked
+# up at each call, so that tests can run this structure on a CPU without the kernel).
+_tangent = linear_pair(
+    "jaxlstm_lstm_tangent",
+    _plain_tangent,
+    _plain_tangent,
+    lambda residuals, cotangents, spec: _backward(residuals, cotangents, spec),
+    _plain_backward,
+)
 
 
 def _slots(per_direction: tuple[Array, ...]) -> list[Array]:
@@ -277,6 +392,3 @@ def _weight_gradients(a: list[Array], g: list[Array]) -> list[Array]:
         for k, g_k in enumerate(g)
     ]
     return [lax.optimization_barrier(d)[0].T for d in d_w_t]
-
-
-_layer.defvjp(_layer_fwd, _layer_bwd)

@@ -17,6 +17,7 @@ from jaxlstm import _kernel
 from jaxlstm._checks import (
     check_dropout,
     check_floating,
+    check_impl,
     check_int,
     check_key,
     check_lengths,
@@ -24,7 +25,7 @@ from jaxlstm._checks import (
     check_static,
 )
 from jaxlstm._packed import PackedSequence
-from jaxlstm._params import Config, Params, config_of
+from jaxlstm._params import Config, Params, as_arrays, config_of
 from jaxlstm._scan import scan_layer
 
 Array = jax.Array
@@ -42,6 +43,7 @@ def lstm(
     key: Array | None = None,
     matmul_dtype: Any = None,
     checkpoint_every: int | None = None,
+    impl: str = "auto",
 ) -> tuple[Array | PackedSequence, State]:
     """Runs a (multi-layer, optionally bidirectional) LSTM over a batch of sequences.
 
@@ -77,6 +79,14 @@ def lstm(
             steps and recompute each chunk of ``k`` steps during the backward pass
             (results equal; the gradient's temporary memory shrinks roughly by ``L/k``
             at the cost of one more forward pass). ``None`` (default) keeps everything.
+        impl: how layers run (static): ``"auto"`` (default) in jaxlstm's fused CPU
+            kernel where it applies (float32 layers without projection on an x86-64 CPU
+            with AVX-512, one device; ``JAXLSTM_CPU_KERNEL=0`` in the environment turns
+            this default off), else as ``lax.scan``; ``"scan"`` always as ``lax.scan``
+            (e.g. for :func:`jax.export`: the kernel's custom call cannot travel);
+            ``"cpu_kernel"`` in the kernel, or a ``ValueError`` that says why it can't.
+            Every choice gives the same numbers (to float32 rounding) and supports every
+            transformation.
 
     Returns:
         ``(output, (h_n, c_n))``: ``output`` in the form of ``input`` with feature size
@@ -90,8 +100,10 @@ def lstm(
         >>> out.shape, h_n.shape
         ((10, 4, 3), (2, 4, 3))
     """
+    params = as_arrays(params)  # array-likes, e.g. nnx.Param or torch tensors
     cfg = config_of(params)
     check_static("batch_first", batch_first)
+    check_impl(impl)
     check_key(key)
     if checkpoint_every is not None:
         check_static("checkpoint_every", checkpoint_every)
@@ -110,7 +122,8 @@ def lstm(
         dropout=dropout if key is not None else 0.0,
         matmul_dtype=check_matmul_dtype(matmul_dtype, dtype),
         checkpoint_every=checkpoint_every,
-        cpu_kernel=_kernel.available(),
+        cpu_kernel=_kernel.choose(impl),
+        strict=impl == "cpu_kernel",
     )
     if isinstance(input, PackedSequence):
         return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
@@ -121,9 +134,12 @@ def lstm(
     return x, (h_n, c_n)
 
 
-@partial(jax.jit, static_argnames=("dropout", "matmul_dtype", "checkpoint_every", "cpu_kernel"))
+@partial(
+    jax.jit,
+    static_argnames=("dropout", "matmul_dtype", "checkpoint_every", "cpu_kernel", "strict"),
+)
 def _layers(
-    params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every, cpu_kernel
+    params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every, cpu_kernel, strict
 ):
     """The layers over checked, time-major arrays (jitted: eager calls compile once).
 
@@ -135,7 +151,8 @@ def _layers(
         key: dropout key or ``None``.
         dropout, matmul_dtype, checkpoint_every: as :func:`lstm` (static).
         cpu_kernel: which of jaxlstm's fused CPU kernels layers may run in, ``""`` for
-            none (static; see :func:`jaxlstm._kernel.available`).
+            none (static; see :func:`jaxlstm._kernel.choose`).
+        strict: a layer the kernel cannot run is a ``ValueError`` (``impl="cpu_kernel"``).
 
     Returns:
         ``(y (L, N, D*H_out), (h_n, c_n))`` in the common floating dtype.
@@ -151,7 +168,15 @@ def _layers(
         layer = jax.tree_util.tree_map(lambda a: a.astype(dtype), layer)
         slots = slice(k * num_dirs, (k + 1) * num_dirs)
         x, h, c = scan_layer(
-            layer, x, h0[slots], c0[slots], lengths, matmul_dtype, checkpoint_every, cpu_kernel
+            layer,
+            x,
+            h0[slots],
+            c0[slots],
+            lengths,
+            matmul_dtype,
+            checkpoint_every,
+            cpu_kernel,
+            strict,
         )
         h_n.append(h)
         c_n.append(c)

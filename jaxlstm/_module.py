@@ -179,6 +179,7 @@ class LSTM(_Module):
         lengths: Array | None = None,
         key: Array | None = None,
         checkpoint_every: int | None = None,
+        impl: str = "auto",
     ) -> tuple[Array | PackedSequence, State]:
         """Runs :func:`~jaxlstm.lstm` with this module's parameters and options.
 
@@ -189,6 +190,7 @@ class LSTM(_Module):
             lengths: optional ``(N,)`` valid lengths (see :func:`~jaxlstm.lstm`).
             key: dropout key; ``None`` means no dropout (PyTorch's ``eval()``).
             checkpoint_every: bounded-memory gradients (see :func:`~jaxlstm.lstm`).
+            impl: ``"auto"``, ``"scan"`` or ``"cpu_kernel"`` (see :func:`~jaxlstm.lstm`).
 
         Returns:
             ``(output, (h_n, c_n))`` as :func:`~jaxlstm.lstm`.
@@ -204,6 +206,7 @@ class LSTM(_Module):
             key=key,
             matmul_dtype=o.matmul_dtype,
             checkpoint_every=checkpoint_every,
+            impl=impl,
         )
 
     def _repr_fields(self):

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm._checks import check_sizes
+from jaxlstm._checks import as_array, check_sizes
 
 Array = jax.Array
 
@@ -143,6 +143,15 @@ def config_of(params: Params) -> Config:
                         f"{'None' if got is None else f'shape {got}'}"
                     )
     return cfg
+
+
+def as_arrays(params: Any, name: str = "params") -> Any:
+    """``params`` (any PyTree) with every leaf as a JAX array: array-likes such as numpy
+    arrays, flax ``nnx.Param`` variables and torch tensors are converted; a leaf
+    ``jnp.asarray`` refuses is a ``TypeError`` that names its place (``params[0][1].w_hh``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: as_array(name + jax.tree_util.keystr(path), leaf), params
+    )
 
 
 def _check_leaves(name: str, p: LayerParams | CellParams, required: tuple[str, ...]) -> None:

@@ -23,12 +23,13 @@ Speed:
   the loop body is one batched ``(D, N, H_out) @ (D, H_out, 4H)`` matmul plus the
   elementwise gates. The reverse direction reads a time-flipped copy of its input
   gates, so both directions advance in the same loop ("scan order" below).
-* Reverse mode is hand-written (:func:`_recurrence` has a custom VJP, cuDNN's scheme):
-  the forward loop saves only the activated gates and the cell states; the backward
-  loop carries only ``dh, dc`` and emits the gate cotangents; the weight gradients
-  are then single large matmuls over all ``L*N`` rows instead of a small matmul added
-  into the carry at every step. Forward-mode differentiation (``jax.jvp``) of the
-  recurrence is therefore not available.
+* The derivative is one rule for both modes (:func:`_recurrence` has a custom JVP):
+  the forward loop saves only the activated gates and the cell states; the tangent is
+  a linear recurrence over ``(dh, dc)`` whose weight terms are hoisted out of the loop
+  into one large matmul (:func:`_tangent`). JAX transposes it into reverse mode by
+  itself: a backward loop that carries only ``dh, dc``, then the weight gradients as
+  single large matmuls over all ``L*N`` rows (cuDNN's scheme). Forward mode, reverse
+  mode and every higher order come from it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from jaxlstm import _kernel
-from jaxlstm._cell import input_gates, matmul, step, update_vjp
+from jaxlstm._cell import input_gates, matmul, step, tangent_factors, update_jvp
 from jaxlstm._params import LayerParams
 
 Array = jax.Array
@@ -64,6 +64,7 @@ def scan_layer(
     matmul_dtype: Any = None,
     checkpoint_every: int | None = None,
     cpu_kernel: str = "",
+    strict: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Runs one layer, every direction, over a time-major sequence.
 
@@ -80,23 +81,39 @@ def scan_layer(
             is needed; ``None`` keeps every step's residuals.
         cpu_kernel: :func:`jaxlstm._kernel.available`'s answer: unless ``""``, run the
             layer in jaxlstm's fused CPU kernel where it applies
-            (:func:`jaxlstm._kernel.usable`).
+            (:func:`jaxlstm._kernel.unusable`).
+        strict: raise a ``ValueError`` where the kernel does not apply, instead of
+            taking the ``lax.scan`` path (``impl="cpu_kernel"``).
 
     Returns:
         ``(y, h_n, c_n)``: ``y (L, N, D*H_out)`` (direction outputs concatenated on the
         last axis, zero past each length), ``h_n (D, N, H_out)``, ``c_n (D, N, H)``.
     """
-    seq_len, batch, _ = x.shape
-    num_dirs = len(layer)
     b = None if layer[0].b_ih is None else tuple(p.b_ih + p.b_hh for p in layer)
-    if cpu_kernel and _kernel.usable(x, layer[0].w_hr, matmul_dtype, checkpoint_every):
-        w_ih, w_hh = tuple(p.w_ih for p in layer), tuple(p.w_hh for p in layer)
-        return _kernel.layer(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel)
+    w_ih, w_hh = tuple(p.w_ih for p in layer), tuple(p.w_hh for p in layer)
+    if cpu_kernel:
+        unusable = _kernel.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every)
+        if not unusable:
+            return _kernel.layer(
+                x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel, reference=_scanned
+            )
+        if strict:
+            raise ValueError(f"impl='cpu_kernel' cannot run this layer: {unusable}")
+    w_hr = None if layer[0].w_hr is None else tuple(p.w_hr for p in layer)
+    return _scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, w_hr, checkpoint_every)
+
+
+def _scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, w_hr=None, checkpoint_every=None):
+    """:func:`scan_layer` on the ``lax.scan`` path, the weights per direction (``b`` is
+    ``b_ih + b_hh``; ``lengths`` may be ``None``); also the kernel's plain-JAX reference
+    (:func:`jaxlstm._kernel.layer`)."""
+    seq_len, batch, _ = x.shape
+    num_dirs = len(w_ih)
     weights = _Weights(
-        w_ih=jnp.stack([p.w_ih for p in layer]),  # (D, 4H, H_in)
+        w_ih=jnp.stack(w_ih),  # (D, 4H, H_in)
         b=None if b is None else jnp.stack(b),
-        w_hh_t=jnp.stack([p.w_hh.T for p in layer]),  # (D, H_out, 4H)
-        w_hr_t=None if layer[0].w_hr is None else jnp.stack([p.w_hr.T for p in layer]),
+        w_hh_t=jnp.stack([w.T for w in w_hh]),  # (D, H_out, 4H)
+        w_hr_t=None if w_hr is None else jnp.stack([w.T for w in w_hr]),  # (D, H, P)
     )
     # Scan order: step t of direction 1 reads time L-1-t.
     xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
@@ -105,7 +122,7 @@ def scan_layer(
         valid = jnp.arange(seq_len)[:, None] < lengths[None, :]  # (L, N)
         valid = _flip_reverse(jnp.broadcast_to(valid[:, None], (seq_len, num_dirs, batch)))
     chunk = partial(_chunk, matmul_dtype=matmul_dtype)
-    if checkpoint_every is None or checkpoint_every >= seq_len:
+    if checkpoint_every is None or (isinstance(seq_len, int) and checkpoint_every >= seq_len):
         (h_n, c_n), ys = chunk(weights, (h0, c0), (xs, valid))
     else:
         (h_n, c_n), ys = _checkpointed(chunk, weights, (h0, c0), (xs, valid), checkpoint_every)
@@ -155,8 +172,17 @@ def _checkpointed(chunk, weights, carry, inputs, every: int):
     residuals (gates, cell states, projected inputs) are recomputed when its gradient is
     taken, so the gradient's temporary memory scales with ``every`` instead of ``L``.
     """
-    steps = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    whole = steps - steps % every
+    xs, valid = inputs
+    steps = xs.shape[0]
+    if isinstance(steps, int):
+        whole = steps - steps % every
+    else:  # symbolic (jax.export): padded to whole chunks (at least one), cut after; the
+        # padding's steps are not valid, so they change neither the state nor kept outputs
+        whole = ((steps - 1) // every + 1) * every
+        valid = jnp.ones(xs.shape[:3], bool) if valid is None else valid  # (L, D, N)
+        inputs = jax.tree_util.tree_map(
+            lambda a: jnp.pad(a, [(0, whole - steps)] + [(0, 0)] * (a.ndim - 1)), (xs, valid)
+        )  # (whole, ...)
 
     def split(tree, sl, shape):
         return jax.tree_util.tree_map(lambda a: a[sl].reshape(*shape, *a.shape[1:]), tree)
@@ -171,7 +197,7 @@ def _checkpointed(chunk, weights, carry, inputs, every: int):
     if whole < steps:
         carry, rest = body(carry, jax.tree_util.tree_map(lambda a: a[whole:], inputs))
         ys = jnp.concatenate([ys, rest])
-    return carry, ys
+    return carry, ys[:steps]  # (L, ...): without a symbolic length's padding
 
 
 def _scan(body, init, xs, *, reverse: bool = False):
@@ -236,9 +262,13 @@ def _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, *, save: bool):
     return (*out, h_n, c_n) if save else (out, h_n, c_n)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7,))
+@partial(jax.custom_jvp, nondiff_argnums=(7,))
 def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
+
+    Its derivative is a ``custom_jvp`` (:func:`_recurrence_jvp`) whose tangent is linear
+    in the input tangents, so JAX transposes it into reverse mode by itself: forward
+    mode, reverse mode and every higher order come from one rule.
 
     Returns:
         ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
@@ -246,10 +276,13 @@ def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     return _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=False)
 
 
-def _recurrence_fwd(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
-    out = _forward(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype, save=True)
-    ys, acts, cs, h_n, c_n = out
-    return (ys, h_n, c_n), (ys, acts, cs, b is not None, w_hh_t, w_hr_t, h0, c0, valid)
+@_recurrence.defjvp
+def _recurrence_jvp(matmul_dtype, primals, tangents):
+    """The forward loop, keeping the activated gates and the cell states, then the
+    tangent recurrence (:func:`_tangent`) over them."""
+    ys, acts, cs, h_n, c_n = _forward(*primals, matmul_dtype, save=True)
+    d_ys, d_hn, d_cn = _tangent(primals, (ys, acts, cs), tangents, matmul_dtype)
+    return (ys, h_n, c_n), (d_ys, d_hn, d_cn)
 
 
 def _shift(seq: Array, first: Array) -> Array:
@@ -264,67 +297,63 @@ def _cast(arrays, dtype):
     return tuple(None if a is None else a.astype(dtype) for a in arrays)
 
 
-def _sum_over_steps(spec: str, a: Array, b: Array, matmul_dtype: Any) -> Array:
-    """``einsum(spec, a, b)`` contracting steps and batch into a weight gradient, its
-    operands rounded to ``matmul_dtype`` (``None``: as they are), its products and sums
-    in their own dtype (exact products: what a bfloat16 matmul with float32 sums computes,
-    which XLA:CPU runs only inside its fused dots).
+def _over_steps(spec: str, a: Array, w: Array) -> Array:
+    """``einsum(spec, a, w)``: every step's ``a (L, D, N, K)`` times its direction's
+    ``w (D, K, M)`` as one product, computed in ``w``'s dtype and returned in ``a``'s.
 
-    The result is replicated; with a batch sharded over explicit mesh axes, JAX needs
-    that said (``out_sharding``), and the contraction becomes a per-device partial sum
-    plus one all-reduce.
+    In reverse mode JAX transposes it into the weight's gradient: one product that
+    contracts all ``L*N`` rows.
     """
-    dtype = a.dtype
-    a, b = (v.astype(dtype) for v in _cast((a, b), matmul_dtype))
-    sharding = getattr(jax.typeof(a), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    if (
-        mesh is None
-        or mesh.empty
-        or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
-    ):
-        return jnp.einsum(spec, a, b)
-    return jnp.einsum(spec, a, b, out_sharding=jax.sharding.NamedSharding(mesh, P()))
+    return jnp.einsum(spec, a.astype(w.dtype), w, preferred_element_type=a.dtype)
 
 
-def _recurrence_bwd(matmul_dtype, residuals, cotangents):
-    ys, acts, cs, has_bias, w_hh_t, w_hr_t, h0, c0, valid = residuals
-    d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
-    c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
+def _tangent(primals, residuals, tangents, matmul_dtype):
+    """The tangent of :func:`_recurrence`: a linear recurrence over ``(dh, dc)``.
+
+    Everything that does not depend on the state's tangent is computed for all steps at
+    once, outside the loop: the gate factors (:func:`jaxlstm._cell.tangent_factors`) and
+    the driving term ``dxg + db + h_prev @ dw_hh^T`` (one large product; with a projection
+    also ``r @ dw_hr^T``). The loop body is one small product and a few elementwise
+    operations, all linear in the tangents, so JAX transposes the loop into the backward
+    loop and the hoisted products into single large weight-gradient products.
+
+    Args:
+        primals: :func:`_recurrence`'s arguments but ``matmul_dtype``.
+        residuals: ``(ys (L, D, N, H_out), acts (L, D, N, 4H), cs (L, D, N, H))`` of the
+            forward loop.
+        tangents: the tangents of ``primals``.
+        matmul_dtype: as :func:`_recurrence`.
+
+    Returns:
+        The tangents of ``(ys, h_n, c_n)``.
+    """
+    _, b, w_hh_t, w_hr_t, h0, c0, valid = primals
+    d_xg, d_b, d_w_hh_t, d_w_hr_t, d_h0, d_c0, _ = tangents
+    ys, acts, cs = residuals
+    w_hh_t, w_hr_t, d_w_hh_t, d_w_hr_t = _cast((w_hh_t, w_hr_t, d_w_hh_t, d_w_hr_t), matmul_dtype)
+    k, f, d = tangent_factors(acts, _shift(cs, c0), cs)  # (L, D, N, 4H), (L, D, N, H) x 2
     h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
     if valid is not None:  # ...except before a sequence's first valid step, where it is h0
         h_prev = jnp.where(_shift(valid, jnp.zeros(valid.shape[1:], bool))[..., None], h_prev, h0)
-    w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
-    w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
-    w_hh, w_hr = _cast((w_hh, w_hr), matmul_dtype)
+    drive = d_xg + _over_steps("ldnh,dhg->ldng", h_prev, d_w_hh_t)  # (L, D, N, 4H)
+    if b is not None:
+        drive = drive + d_b[:, None]  # + (D, 1, 4H)
+    d_proj = None
+    if w_hr_t is not None:
+        r = acts[..., 3 * acts.shape[-1] // 4 :] * jnp.tanh(cs)  # (L, D, N, H): o * tanh(c)
+        d_proj = _over_steps("ldnh,dhp->ldnp", r, d_w_hr_t)  # (L, D, N, P)
 
     def body(carry, inputs):
         dh, dc = carry  # (D, N, H_out), (D, N, H)
-        dy, act, c, c_before, valid_t = inputs
-        dh_new = dh + dy
-        if valid_t is not None:
-            keep = valid_t[..., None]  # (D, N, 1): a frozen step passes dh, dc through
-            dh_new, dh = jnp.where(keep, dh_new, 0), jnp.where(keep, 0, dh)
-            dc_new, dc = jnp.where(keep, dc, 0), jnp.where(keep, 0, dc)
-        else:
-            dh, dc_new, dc = 0, dc, 0
-        dr = dh_new if w_hr is None else matmul(dh_new, w_hr)  # (D,N,P) @ (D,P,H) -> (D,N,H)
-        dgates, dc_prev = update_vjp(act, c_before, c, dr, dc_new)
-        dh_prev = matmul(dgates, w_hh)  # (D, N, 4H) @ (D, 4H, H_out) -> (D, N, H_out)
-        return (dh + dh_prev, dc + dc_prev), (dgates if w_hr is None else (dgates, dh_new))
+        drive_t, k_t, f_t, d_t, d_proj_t, valid_t = inputs
+        dpre = drive_t + matmul(dh, w_hh_t)  # (D, N, H_out) @ (D, H_out, 4H) -> (D, N, 4H)
+        dc_new, dr = update_jvp(k_t, f_t, d_t, dpre, dc)  # (D, N, H) each
+        dh_new = dr if w_hr_t is None else matmul(dr, w_hr_t) + d_proj_t  # (D, N, H_out)
+        if valid_t is None:
+            return (dh_new, dc_new), dh_new
+        keep = valid_t[..., None]  # (D, N, 1): a frozen step keeps the state's tangent
+        dy = jnp.where(keep, dh_new, 0)
+        return (jnp.where(keep, dh_new, dh), jnp.where(keep, dc_new, dc)), dy
 
-    inputs = (d_ys, acts, cs, c_prev, valid)
-    (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
-    dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
-    # Weight gradients: one matmul over all L*N rows each.
-    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates, matmul_dtype)  # (D, H_out, 4H)
-    d_w_hr_t = None
-    if w_hr is not None:
-        o = acts[..., 3 * acts.shape[-1] // 4 :]  # (L, D, N, H)
-        r = o * jnp.tanh(cs)  # (L, D, N, H): the unprojected hidden states
-        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1], matmul_dtype)  # (D, H, P)
-    d_b = dgates.sum(axis=(0, 2)) if has_bias else None  # (D, 4H)
-    return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0, None
-
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+    (d_hn, d_cn), d_ys = lax.scan(body, (d_h0, d_c0), (drive, k, f, d, d_proj, valid))
+    return d_ys, d_hn, d_cn

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -78,11 +83,91 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def device_report(script: str, args: Sequence[str], devices: int, timeout: float) -> dict:
+    """Runs ``script`` once per argument, concurrently, each on ``devices`` simulated CPU
+    devices, and merges the JSON object each prints on its last line.
+
+    The test process has initialised JAX with one device already, so checks that need
+    several run in subprocesses (at LLVM optimisation level 0: they are compile-bound,
+    and what they compare is compiled alike).
+    """
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        [
+            env.get("XLA_FLAGS", ""),
+            f"--xla_force_host_platform_device_count={devices}",
+            "--xla_backend_optimization_level=0",
+        ]
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, arg],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for arg in args
+    ]
+    merged: dict = {}
+    for proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        assert proc.returncode == 0, f"{proc.args[2:]} failed:\n{stdout}\n{stderr}"
+        merged.update(json.loads(stdout.strip().splitlines()[-1]))
+    return merged
+
+
 @pytest.fixture
 def x64() -> Iterator[None]:
     """Run the test with 64-bit JAX types enabled."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """The kernel path's derivative structure with plain-JAX stand-ins for its two FFI
+    calls, so it runs on CPUs without AVX-512.
+
+    ``jaxlstm._kernel`` then says ``"avx512"`` is available, its forward loop is
+    ``_scan._scanned`` (no residuals) and its backward loop ``_kernel._plain_backward``.
+    Yields a counter: ``["backward"]`` is how many times the backward loop was traced
+    (reverse mode took the kernel path). JAX's caches are cleared on the way in and out,
+    so that no trace made with or without the stand-ins is reused across them.
+    """
+    import types
+
+    from jaxlstm import _kernel, _scan
+
+    calls = {"backward": 0}
+
+    def forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, *, save):
+        matmul_dtype = None if mode == "f32" else jnp.bfloat16
+        y, h_n, c_n = _scan._scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype)
+        y = y.reshape(*x.shape[:2], len(w_hh), -1)  # (L, N, D*H) -> (L, N, D, H)
+        return (y, h_n, c_n, (), (), ()) if save else (y, h_n, c_n)
+
+    def backward(residuals, cotangents, spec):
+        calls["backward"] += 1
+        return _kernel._plain_backward(residuals, cotangents, spec)
+
+    monkeypatch.setattr(_kernel, "_forward", forward)
+    monkeypatch.setattr(_kernel, "_backward", backward)
+    monkeypatch.setattr(_kernel, "available", lambda: "avx512")
+    extension = types.SimpleNamespace(
+        supported=lambda: True, supported_bf16=lambda: True, supported_amx=lambda: False
+    )
+    monkeypatch.setattr(_kernel, "_extension", extension)
+    monkeypatch.setattr(_kernel, "_amx_granted", lambda: False)
+    jax.clear_caches()
+    yield calls
+    jax.clear_caches()
 
 
 # ---------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ PAGES_WITH_CODE = {
     "lengths.md",
     "precision.md",
     "distributed.md",
+    "export.md",
     "performance.md",
 }
 TIMEOUT_S = 600

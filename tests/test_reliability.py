@@ -19,7 +19,8 @@
 * Validation sweep: bad arguments to every public entry point (beyond
   ``test_errors.py``) raise ``ValueError``/``TypeError`` naming the argument.
 * Traced lengths out of range act as documented (above ``L``: ``L``; negative: 0),
-  bidirectional and packed too, whatever their integer dtype; ``checkify`` reports them.
+  bidirectional and packed too, whatever their integer dtype; ``checkify`` reports them
+  inside ``jl.checked_lengths()``, and only there.
 """
 
 import functools
@@ -972,12 +973,20 @@ CHECKIFY_PATHS = [
 
 @pytest.mark.parametrize("call", CHECKIFY_PATHS)
 def test_checkify_reports_traced_lengths_out_of_range(call):
-    """Documented: under ``checkify.checkify`` out-of-range traced lengths are reported."""
+    """Documented: inside ``jl.checked_lengths()``, ``checkify.checkify`` reports
+    out-of-range traced lengths; outside it (the default) no check is placed."""
     params = jl.init_params(jax.random.key(0), INPUT_SIZE, HIDDEN_SIZE, bidirectional=True)
     inp = np.ones((SEQ_LEN, BATCH, INPUT_SIZE), np.float32)
     run = checkify.checkify(jax.jit(call))
-    error, _ = run(params, inp, np.array([SEQ_LEN, 0, 3, 1], np.int32))
-    assert error.get() is None
-    error, _ = run(params, inp, np.array([7, -2, 3, 5], np.int32))
-    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\].*7 -2  3  5"):
-        error.throw()
+    bad = np.array([7, -2, 3, 5], np.int32)
+    error, _ = run(params, inp, bad)
+    assert error.get() is None  # unchecked by default
+    with jl.checked_lengths():
+        error, _ = run(params, inp, np.array([SEQ_LEN, 0, 3, 1], np.int32))
+        assert error.get() is None
+        error, _ = run(params, inp, bad)  # the same jitted function, retraced checked
+        with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\].*7 -2  3  5"):
+            error.throw()
+        with jl.checked_lengths(False):
+            assert run(params, inp, bad)[0].get() is None
+    assert run(params, inp, bad)[0].get() is None

@@ -21,10 +21,7 @@ tests below judge.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -220,38 +217,9 @@ def main(names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def report() -> dict:
     """The merged report of one subprocess per case, run concurrently."""
-    env = dict(os.environ)
-    # LLVM optimisation level 0: compile-bound, and the checks are on the HLO (before
-    # LLVM) and on sharded-versus-single numbers compiled alike.
-    env["XLA_FLAGS"] = " ".join(
-        [
-            env.get("XLA_FLAGS", ""),
-            f"--xla_force_host_platform_device_count={DEVICES}",
-            "--xla_backend_optimization_level=0",
-        ]
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, name],
-            cwd=Path(__file__).resolve().parents[1],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in CASES
-    ]
-    merged: dict = {}
-    for proc in procs:
-        try:
-            stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        assert proc.returncode == 0, f"{proc.args[2:]} failed:\n{stdout}\n{stderr}"
-        merged.update(json.loads(stdout.strip().splitlines()[-1]))
-    return merged
+    from conftest import device_report  # not at the top: the subprocesses run this file
+
+    return device_report(__file__, list(CASES), DEVICES, TIMEOUT_S)
 
 
 def test_collective_check_sees_collectives(report):

@@ -1,0 +1,151 @@
+"""A linear map and its transpose, each with an implementation of its own.
+
+JAX gets reverse mode by transposing forward mode: a ``custom_jvp`` whose tangent is
+linear in the input tangents is all a function needs for ``jvp``, ``grad`` and every
+higher order. For the fused CPU kernel, the transpose of the tangent is the kernel's own
+backward loop, which JAX cannot derive from a plain-JAX tangent. :func:`linear_pair`
+makes two JAX primitives, ``A`` (the map) and ``A^T`` (its transpose), each the other's
+transpose, each with
+
+* ``impl(residuals, linear, spec)``: what runs (for ``A^T`` the kernel);
+* ``plain(residuals, linear, spec)``: the same map in plain JAX, whose derivatives give
+  the primitive's own derivative in every argument (second order and beyond; the
+  residuals' tangents included);
+
+and a batching rule that keeps the primitive (so the transpose of a vmapped tangent is
+still the kernel): each ``vmap`` level adds a tuple of input axes (``0`` or ``None`` per
+operand) and the implementation runs under the matching ``jax.vmap``\\ s.
+
+Operands are pytrees, flattened into the primitive's operands; ``residuals`` are the
+values the map depends on non-linearly, ``linear`` the ones it is linear in. ``spec`` is
+any hashable, static value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+Fn = Callable[[Any, Any, Any], Any]
+
+
+def linear_pair(
+    name: str, impl: Fn, plain: Fn, impl_t: Fn, plain_t: Fn
+) -> Callable[[Any, Any, Any], Any]:
+    """The map ``A`` as a function ``apply(residuals, linear, spec) -> outputs``.
+
+    Args:
+        name: the primitives' names are ``name`` and ``name + "_transpose"``.
+        impl: ``A``'s implementation, ``(residuals, linear, spec) -> outputs`` (pytrees).
+        plain: ``A`` in plain JAX (differentiable).
+        impl_t: ``A^T``'s implementation, ``(residuals, cotangents of the outputs, spec)
+            -> cotangents of linear`` (a pytree like ``linear``).
+        plain_t: ``A^T`` in plain JAX (differentiable).
+
+    Returns:
+        ``apply(residuals, linear, spec, out)``, ``out`` a pytree of
+        :class:`jax.ShapeDtypeStruct` (the outputs' shapes): binds ``A``; transposing it
+        binds ``A^T`` and the other way round.
+    """
+    forward, transpose = Primitive(name), Primitive(name + "_transpose")
+    _define(forward, impl, plain, transpose)
+    _define(transpose, impl_t, plain_t, forward)
+
+    def apply(residuals, linear, spec, out):
+        res, res_tree = jax.tree.flatten(residuals)
+        lin, lin_tree = jax.tree.flatten(linear)
+        shapes, out_tree = jax.tree.flatten(out)
+        results = forward.bind(
+            *res,
+            *lin,
+            spec=spec,
+            trees=(res_tree, lin_tree, out_tree),
+            shapes=tuple((s.shape, jnp.dtype(s.dtype)) for s in shapes),
+            levels=(),
+        )
+        return jax.tree.unflatten(out_tree, results)
+
+    return apply
+
+
+def _run(fn: Fn, args, *, spec, trees, shapes, levels) -> list:
+    """``fn`` on flat operands ``args``, under one ``jax.vmap`` per level (the first
+    outermost); returns the flat outputs, every level's axis in front (outermost first)."""
+    del shapes
+    res_tree, lin_tree, _ = trees
+
+    def flat(*args):
+        res = jax.tree.unflatten(res_tree, args[: res_tree.num_leaves])
+        lin = jax.tree.unflatten(lin_tree, args[res_tree.num_leaves :])
+        return jax.tree.leaves(fn(res, lin, spec))
+
+    for axes in reversed(levels):
+        flat = jax.vmap(flat, in_axes=axes)
+    return flat(*args)
+
+
+def _define(prim: Primitive, impl: Fn, plain: Fn, other: Primitive) -> None:
+    """Gives ``prim`` its evaluation, shapes, lowering, derivative, transpose (``other``)
+    and batching."""
+    prim.multiple_results = True
+
+    def evaluate(*args, **params):
+        return _run(impl, args, **params)
+
+    def abstract(*avals, shapes, levels, **params):
+        del params
+        # every level's size from an operand it maps (their mapped axes lead, in order)
+        sizes = []
+        for j, axes in enumerate(levels):
+            k = next(k for k, axis in enumerate(axes) if axis is not None)
+            sizes.append(avals[k].shape[sum(a[k] is not None for a in levels[:j])])
+        return [jax.core.ShapedArray((*sizes, *shape), dtype) for shape, dtype in shapes]
+
+    def jvp(primals, tangents, **params):
+        tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+        return jax.jvp(lambda *a: _run(plain, a, **params), tuple(primals), tangents)
+
+    def transpose(cts, *args, spec, trees, shapes, levels):
+        res_tree, lin_tree, out_tree = trees
+        n = res_tree.num_leaves
+        # the linear operands' own shapes: without the axes of the levels that map them
+        lin_shapes = tuple(
+            (a.aval.shape[sum(axes[n + k] is not None for axes in levels) :], a.aval.dtype)
+            for k, a in enumerate(args[n:])
+        )
+        if any(ad.is_undefined_primal(r) for r in args[:n]):
+            raise NotImplementedError(f"{prim.name} is linear in its last operands only")
+        cts = [ad.instantiate_zeros(c) for c in cts]
+        # The outputs are mapped at every level; so are the transpose's results, summed
+        # over the levels where the linear operand they belong to was not mapped.
+        out = other.bind(
+            *args[:n],
+            *cts,
+            spec=spec,
+            trees=(res_tree, out_tree, lin_tree),
+            shapes=lin_shapes,
+            levels=tuple(axes[:n] + (0,) * len(cts) for axes in levels),
+        )
+        summed = []
+        for k, o in enumerate(out):
+            unmapped = tuple(j for j, axes in enumerate(levels) if axes[n + k] is None)
+            summed.append(o.sum(axis=unmapped) if unmapped else o)
+        return [None] * n + summed
+
+    def batch(args, dims, *, levels, **params):
+        args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
+        axes = tuple(None if d is None else 0 for d in dims)
+        out = prim.bind(*args, levels=(axes, *levels), **params)
+        return out, [0] * len(out)
+
+    prim.def_impl(evaluate)
+    prim.def_abstract_eval(abstract)
+    mlir.register_lowering(prim, mlir.lower_fun(evaluate, multiple_results=True))
+    ad.primitive_jvps[prim] = jvp
+    ad.primitive_transposes[prim] = transpose
+    batching.primitive_batchers[prim] = batch
