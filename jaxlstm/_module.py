@@ -81,6 +81,19 @@ class _Module:
     def __repr__(self) -> str:
         return type(self).__name__ + "(" + ", ".join(self._repr_fields()) + ")"
 
+    # Not an array. Reading it as one (``nnx.Param(lstm)[...]``) means it sits in a flax
+    # nnx Module, where it does not train: say so, and what does.
+    def __getitem__(self, index: Any) -> Any:
+        name = type(self).__name__
+        raise TypeError(
+            f"'{name}' object is not subscriptable. In a flax nnx Module use "
+            f"jaxlstm.flax.{name}, whose weights are nnx.Params; this PyTree facade does "
+            "not train there (nnx.data(...) freezes it; nnx.Param(...) fails in "
+            "nnx.Optimizer with optax.adam)"
+        )
+
+    __iter__ = None  # __getitem__ must not make it iterable
+
 
 class _LSTMOptions(NamedTuple):
     input_size: int
@@ -97,6 +110,10 @@ class _LSTMOptions(NamedTuple):
 @jax.tree_util.register_pytree_node_class
 class LSTM(_Module):
     """``torch.nn.LSTM`` as a PyTree: same constructor, same call, same shapes.
+
+    Its parameters train wherever every array of a PyTree does (``jax.grad``, optax,
+    equinox). In flax, use :class:`jaxlstm.flax.LSTM` (nnx) or :class:`jaxlstm.flax.LinenLSTM`:
+    an nnx Module trains only its ``nnx.Param``s, which this facade's arrays are not.
 
     Args:
         input_size: ``H_in``.
@@ -239,7 +256,7 @@ class _CellOptions(NamedTuple):
 
 @jax.tree_util.register_pytree_node_class
 class LSTMCell(_Module):
-    """``torch.nn.LSTMCell`` as a PyTree.
+    """``torch.nn.LSTMCell`` as a PyTree (in flax nnx, use :class:`jaxlstm.flax.LSTMCell`).
 
     Args:
         input_size: ``H_in``.

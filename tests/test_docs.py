@@ -36,6 +36,7 @@ PAGES_WITH_CODE = {
     "tutorial.md",
     "migration.md",
     "functional.md",
+    "flax.md",
     "lengths.md",
     "precision.md",
     "distributed.md",
