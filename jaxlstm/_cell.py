@@ -123,6 +123,23 @@ def update_jvp(k: Array, f: Array, d: Array, dpre: Array, dc: Array) -> tuple[Ar
     return dc, do + d * dc
 
 
+def update_vjp(k: Array, f: Array, d: Array, dr: Array, dc: Array) -> tuple[Array, Array]:
+    """Reverse mode of :func:`activations` then :func:`update`: :func:`update_jvp`
+    transposed.
+
+    Args:
+        k, f, d: :func:`tangent_factors` of the step.
+        dr: ``(..., H)``, cotangent of ``o * tanh(c')`` (the unprojected ``h``).
+        dc: ``(..., H)``, cotangent of ``c'`` from later steps.
+
+    Returns:
+        ``(dpre, dc_prev)``: ``(..., 4H)`` cotangent of the gate pre-activations and
+        ``(..., H)`` cotangent of the previous cell state.
+    """
+    dc = dc + d * dr
+    return jnp.concatenate([dc, dc, dc, dr], axis=-1) * k, f * dc
+
+
 def step(
     xg: Array, h: Array, c: Array, w_hh_t: Array, w_hr_t: Array | None
 ) -> tuple[Array, Array, Array]:

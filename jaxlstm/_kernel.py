@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm._linear_pair import linear_pair
+from jaxlstm._linear_pair import linear_pair, varying
 
 Array = jax.Array
 
@@ -108,16 +108,9 @@ def unusable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: 
         f"dtype {x.dtype} (it runs float32)": x.dtype != jnp.float32,
         f"the {jax.default_backend()} backend": jax.default_backend() != "cpu",
         "several devices": jax.device_count() != 1,
-        "shard_map (values varying over mesh axes)": bool(_varying_axes(x)),
+        "shard_map (values varying over mesh axes)": bool(varying(x)),
     }
     return ", ".join(reason for reason, applies in reasons.items() if applies)
-
-
-def _varying_axes(x: Array) -> frozenset:
-    """The mesh axes ``x`` varies over inside ``shard_map`` (empty outside)."""
-    aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
-    return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", None) or ())
 
 
 def layer(
@@ -269,7 +262,7 @@ def _layer(x, w_ih, b, w_hh, h0, c0, lengths, spec):
 def _layer_jvp(spec, primals, tangents):
     y, h_n, c_n, *saved = _saved(*primals, spec)
     out = (y, h_n, c_n)
-    return out, _tangent((primals, tuple(saved)), tangents[:6], spec, _shapes(out))
+    return out, _tangent((primals, tuple(saved)), tangents[:6], spec, out)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(7,))
@@ -283,12 +276,8 @@ def _saved_jvp(spec, primals, tangents):
     """Second order: the results' tangents as :func:`_layer_jvp`'s; the residuals' are
     zero, as the tangent primitives' own derivatives read the primals, never them."""
     out = _saved(*primals, spec)
-    t_out = _tangent((primals, tuple(out[3:])), tangents[:6], spec, _shapes(out[:3]))
+    t_out = _tangent((primals, tuple(out[3:])), tangents[:6], spec, out[:3])
     return out, (*t_out, *jax.tree.map(jnp.zeros_like, out[3:]))
-
-
-def _shapes(arrays):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
 
 
 def _backward(residuals, cotangents, spec):

@@ -2,18 +2,18 @@
 
 JAX gets reverse mode by transposing forward mode: a ``custom_jvp`` whose tangent is
 linear in the input tangents is all a function needs for ``jvp``, ``grad`` and every
-higher order. For the fused CPU kernel, the transpose of the tangent is the kernel's own
-backward loop, which JAX cannot derive from a plain-JAX tangent. :func:`linear_pair`
-makes two JAX primitives, ``A`` (the map) and ``A^T`` (its transpose), each the other's
-transpose, each with
+higher order. jaxlstm's reverse mode is faster than JAX's transpose of its tangent: a
+hand-written backward loop (``jaxlstm._scan``) or the fused CPU kernel's
+(``jaxlstm._kernel``). :func:`linear_pair` makes two JAX primitives, ``A`` (the map)
+and ``A^T`` (its transpose), each the other's transpose, each with
 
-* ``impl(residuals, linear, spec)``: what runs (for ``A^T`` the kernel);
+* ``impl(residuals, linear, spec)``: what runs (for ``A^T`` the hand-written loop);
 * ``plain(residuals, linear, spec)``: the same map in plain JAX, whose derivatives give
   the primitive's own derivative in every argument (second order and beyond; the
   residuals' tangents included);
 
 and a batching rule that keeps the primitive (so the transpose of a vmapped tangent is
-still the kernel): each ``vmap`` level adds a tuple of input axes (``0`` or ``None`` per
+still the hand-written loop): each ``vmap`` level adds a tuple of input axes (``0`` or ``None`` per
 operand) and the implementation runs under the matching ``jax.vmap``\\ s.
 
 Operands are pytrees, flattened into the primitive's operands; ``residuals`` are the
@@ -48,24 +48,27 @@ def linear_pair(
         plain_t: ``A^T`` in plain JAX (differentiable).
 
     Returns:
-        ``apply(residuals, linear, spec, out)``, ``out`` a pytree of
-        :class:`jax.ShapeDtypeStruct` (the outputs' shapes): binds ``A``; transposing it
-        binds ``A^T`` and the other way round.
+        ``apply(residuals, linear, spec, like)``, ``like`` a pytree of arrays shaped,
+        typed and sharded as the outputs (e.g. the primal outputs, for a tangent): binds
+        ``A``; transposing it binds ``A^T`` and the other way round.
+
+    Not for values that vary over ``shard_map``'s mesh axes (:func:`varying`): the
+    implementations' results there would need JAX's own transposes (which ``psum``).
     """
     forward, transpose = Primitive(name), Primitive(name + "_transpose")
     _define(forward, impl, plain, transpose)
     _define(transpose, impl_t, plain_t, forward)
 
-    def apply(residuals, linear, spec, out):
+    def apply(residuals, linear, spec, like):
         res, res_tree = jax.tree.flatten(residuals)
         lin, lin_tree = jax.tree.flatten(linear)
-        shapes, out_tree = jax.tree.flatten(out)
+        like, out_tree = jax.tree.flatten(like)
         results = forward.bind(
             *res,
             *lin,
             spec=spec,
             trees=(res_tree, lin_tree, out_tree),
-            shapes=tuple((s.shape, jnp.dtype(s.dtype)) for s in shapes),
+            avals=tuple(jax.typeof(a) for a in like),
             levels=(),
         )
         return jax.tree.unflatten(out_tree, results)
@@ -73,10 +76,17 @@ def linear_pair(
     return apply
 
 
-def _run(fn: Fn, args, *, spec, trees, shapes, levels) -> list:
+def varying(x: Any) -> frozenset:
+    """The mesh axes ``x`` varies over inside ``shard_map`` (empty outside)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    return frozenset(getattr(manual, "varying", None) or getattr(aval, "vma", None) or ())
+
+
+def _run(fn: Fn, args, *, spec, trees, avals, levels) -> list:
     """``fn`` on flat operands ``args``, under one ``jax.vmap`` per level (the first
     outermost); returns the flat outputs, every level's axis in front (outermost first)."""
-    del shapes
+    del avals
     res_tree, lin_tree, _ = trees
 
     def flat(*args):
@@ -97,25 +107,32 @@ def _define(prim: Primitive, impl: Fn, plain: Fn, other: Primitive) -> None:
     def evaluate(*args, **params):
         return _run(impl, args, **params)
 
-    def abstract(*avals, shapes, levels, **params):
+    def abstract(*args, avals, levels, **params):
         del params
+        if not levels:
+            return list(avals)
         # every level's size from an operand it maps (their mapped axes lead, in order)
         sizes = []
         for j, axes in enumerate(levels):
             k = next(k for k, axis in enumerate(axes) if axis is not None)
-            sizes.append(avals[k].shape[sum(a[k] is not None for a in levels[:j])])
-        return [jax.core.ShapedArray((*sizes, *shape), dtype) for shape, dtype in shapes]
+            sizes.append(args[k].shape[sum(a[k] is not None for a in levels[:j])])
+        return [jax.core.ShapedArray((*sizes, *a.shape), a.dtype) for a in avals]
 
     def jvp(primals, tangents, **params):
         tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
         return jax.jvp(lambda *a: _run(plain, a, **params), tuple(primals), tangents)
 
-    def transpose(cts, *args, spec, trees, shapes, levels):
+    def transpose(cts, *args, spec, trees, avals, levels):
+        del avals
         res_tree, lin_tree, out_tree = trees
         n = res_tree.num_leaves
-        # the linear operands' own shapes: without the axes of the levels that map them
-        lin_shapes = tuple(
-            (a.aval.shape[sum(axes[n + k] is not None for axes in levels) :], a.aval.dtype)
+        # the linear operands' own types: without the axes of the levels that map them
+        lin_avals = tuple(
+            jax.core.ShapedArray(
+                a.aval.shape[sum(axes[n + k] is not None for axes in levels) :], a.aval.dtype
+            )
+            if levels
+            else a.aval
             for k, a in enumerate(args[n:])
         )
         if any(ad.is_undefined_primal(r) for r in args[:n]):
@@ -128,7 +145,7 @@ def _define(prim: Primitive, impl: Fn, plain: Fn, other: Primitive) -> None:
             *cts,
             spec=spec,
             trees=(res_tree, out_tree, lin_tree),
-            shapes=lin_shapes,
+            avals=lin_avals,
             levels=tuple(axes[:n] + (0,) * len(cts) for axes in levels),
         )
         summed = []

@@ -26,10 +26,12 @@ Speed:
 * The derivative is one rule for both modes (:func:`_recurrence` has a custom JVP):
   the forward loop saves only the activated gates and the cell states; the tangent is
   a linear recurrence over ``(dh, dc)`` whose weight terms are hoisted out of the loop
-  into one large matmul (:func:`_tangent`). JAX transposes it into reverse mode by
-  itself: a backward loop that carries only ``dh, dc``, then the weight gradients as
-  single large matmuls over all ``L*N`` rows (cuDNN's scheme). Forward mode, reverse
-  mode and every higher order come from it.
+  into one large matmul (:func:`_tangent`). Its transpose, reverse mode, is written by
+  hand (:func:`_backward`, cuDNN's scheme: a backward loop that carries only ``dh, dc``
+  and emits the gate cotangents, then the weight gradients as single large matmuls
+  over all ``L*N`` rows), registered with JAX through
+  :func:`jaxlstm._linear_pair.linear_pair`. Forward mode, reverse mode and every higher
+  order come from it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxlstm import _kernel
-from jaxlstm._cell import input_gates, matmul, step, tangent_factors, update_jvp
+from jaxlstm._cell import input_gates, matmul, step, tangent_factors, update_jvp, update_vjp
+from jaxlstm._linear_pair import linear_pair, varying
 from jaxlstm._params import LayerParams
 
 Array = jax.Array
@@ -267,8 +271,8 @@ def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
     """The recurrence of one layer, all directions, in scan order (see :func:`_forward`).
 
     Its derivative is a ``custom_jvp`` (:func:`_recurrence_jvp`) whose tangent is linear
-    in the input tangents, so JAX transposes it into reverse mode by itself: forward
-    mode, reverse mode and every higher order come from one rule.
+    in the input tangents: forward mode, reverse mode (its transpose) and every higher
+    order come from one rule.
 
     Returns:
         ``(ys (L, D, N, H_out), h_n (D, N, H_out), c_n (D, N, H))``.
@@ -278,11 +282,15 @@ def _recurrence(xg, b, w_hh_t, w_hr_t, h0, c0, valid, matmul_dtype):
 
 @_recurrence.defjvp
 def _recurrence_jvp(matmul_dtype, primals, tangents):
-    """The forward loop, keeping the activated gates and the cell states, then the
-    tangent recurrence (:func:`_tangent`) over them."""
+    r"""The forward loop, keeping the activated gates and the cell states, then the
+    tangent recurrence (:func:`_tangent`) over them, as a primitive whose transpose is
+    the hand-written backward loop (:func:`_backward`); inside ``shard_map`` as plain
+    JAX, which JAX transposes by itself (adding the ``psum``\ s of replicated weights)."""
     ys, acts, cs, h_n, c_n = _forward(*primals, matmul_dtype, save=True)
-    d_ys, d_hn, d_cn = _tangent(primals, (ys, acts, cs), tangents, matmul_dtype)
-    return (ys, h_n, c_n), (d_ys, d_hn, d_cn)
+    out, residuals = (ys, h_n, c_n), (primals, (ys, acts, cs))
+    if any(varying(a) for a in jax.tree.leaves(primals)):
+        return out, _tangent(residuals, tangents[:6], matmul_dtype)
+    return out, _tangent_pair(residuals, tangents[:6], matmul_dtype, out)
 
 
 def _shift(seq: Array, first: Array) -> Array:
@@ -307,7 +315,7 @@ def _over_steps(spec: str, a: Array, w: Array) -> Array:
     return jnp.einsum(spec, a.astype(w.dtype), w, preferred_element_type=a.dtype)
 
 
-def _tangent(primals, residuals, tangents, matmul_dtype):
+def _tangent(residuals, tangents, matmul_dtype):
     """The tangent of :func:`_recurrence`: a linear recurrence over ``(dh, dc)``.
 
     Everything that does not depend on the state's tangent is computed for all steps at
@@ -318,23 +326,20 @@ def _tangent(primals, residuals, tangents, matmul_dtype):
     loop and the hoisted products into single large weight-gradient products.
 
     Args:
-        primals: :func:`_recurrence`'s arguments but ``matmul_dtype``.
-        residuals: ``(ys (L, D, N, H_out), acts (L, D, N, 4H), cs (L, D, N, H))`` of the
-            forward loop.
-        tangents: the tangents of ``primals``.
+        residuals: ``(primals, (ys (L, D, N, H_out), acts (L, D, N, 4H), cs (L, D, N, H)))``:
+            :func:`_recurrence`'s arguments but ``matmul_dtype``, then what its forward
+            loop saved.
+        tangents: the tangents of ``(xg, b, w_hh_t, w_hr_t, h0, c0)``.
         matmul_dtype: as :func:`_recurrence`.
 
     Returns:
         The tangents of ``(ys, h_n, c_n)``.
     """
-    _, b, w_hh_t, w_hr_t, h0, c0, valid = primals
-    d_xg, d_b, d_w_hh_t, d_w_hr_t, d_h0, d_c0, _ = tangents
-    ys, acts, cs = residuals
+    (_, b, w_hh_t, w_hr_t, h0, c0, valid), (ys, acts, cs) = residuals
+    d_xg, d_b, d_w_hh_t, d_w_hr_t, d_h0, d_c0 = tangents
     w_hh_t, w_hr_t, d_w_hh_t, d_w_hr_t = _cast((w_hh_t, w_hr_t, d_w_hh_t, d_w_hr_t), matmul_dtype)
     k, f, d = tangent_factors(acts, _shift(cs, c0), cs)  # (L, D, N, 4H), (L, D, N, H) x 2
-    h_prev = _shift(ys, h0)  # (L, D, N, H_out): outputs are the previous hidden states...
-    if valid is not None:  # ...except before a sequence's first valid step, where it is h0
-        h_prev = jnp.where(_shift(valid, jnp.zeros(valid.shape[1:], bool))[..., None], h_prev, h0)
+    h_prev = _previous_hidden(ys, h0, valid)  # (L, D, N, H_out)
     drive = d_xg + _over_steps("ldnh,dhg->ldng", h_prev, d_w_hh_t)  # (L, D, N, 4H)
     if b is not None:
         drive = drive + d_b[:, None]  # + (D, 1, 4H)
@@ -357,3 +362,90 @@ def _tangent(primals, residuals, tangents, matmul_dtype):
 
     (d_hn, d_cn), d_ys = lax.scan(body, (d_h0, d_c0), (drive, k, f, d, d_proj, valid))
     return d_ys, d_hn, d_cn
+
+
+def _previous_hidden(ys: Array, h0: Array, valid: Array | None) -> Array:
+    """The hidden state each step started from, ``(L, D, N, H_out)`` in scan order: the
+    previous step's output, or ``h0`` before a sequence's first valid step."""
+    h_prev = _shift(ys, h0)
+    if valid is None:
+        return h_prev
+    return jnp.where(_shift(valid, jnp.zeros(valid.shape[1:], bool))[..., None], h_prev, h0)
+
+
+def _sum_over_steps(spec: str, a: Array, b: Array, matmul_dtype: Any) -> Array:
+    """``einsum(spec, a, b)`` contracting steps and batch into a weight gradient, its
+    operands rounded to ``matmul_dtype`` (``None``: as they are), its products and sums
+    in their own dtype (exact products: what a bfloat16 matmul with float32 sums computes,
+    which XLA:CPU runs only inside its fused dots).
+
+    The result is replicated; with a batch sharded over explicit mesh axes, JAX needs
+    that said (``out_sharding``), and the contraction becomes a per-device partial sum
+    plus one all-reduce.
+    """
+    dtype = a.dtype
+    a, b = (v.astype(dtype) for v in _cast((a, b), matmul_dtype))
+    mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
+    if (
+        mesh is None
+        or mesh.empty
+        or not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    ):
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, out_sharding=jax.sharding.NamedSharding(mesh, P()))
+
+
+def _backward(residuals, cotangents, matmul_dtype):
+    """:func:`_tangent` transposed, by hand (cuDNN's scheme): one backward loop that
+    carries only ``dh, dc`` and emits the gate cotangents, then the weight gradients as
+    single large matmuls over all ``L*N`` rows.
+
+    Returns:
+        The cotangents of ``(xg, b, w_hh_t, w_hr_t, h0, c0)`` from those of
+        ``(ys, h_n, c_n)``.
+    """
+    (_, b, w_hh_t, w_hr_t, h0, c0, valid), (ys, acts, cs) = residuals
+    d_ys, d_hn, d_cn = cotangents  # (L, D, N, H_out), (D, N, H_out), (D, N, H)
+    c_prev = _shift(cs, c0)  # (L, D, N, H): the carries are the previous cell states
+    w_hh = jnp.swapaxes(w_hh_t, 1, 2)  # (D, 4H, H_out)
+    w_hr = None if w_hr_t is None else jnp.swapaxes(w_hr_t, 1, 2)  # (D, P, H)
+    w_hh, w_hr = _cast((w_hh, w_hr), matmul_dtype)
+
+    def body(carry, inputs):
+        dh, dc = carry  # (D, N, H_out), (D, N, H)
+        dy, act, c, c_before, valid_t = inputs
+        dh_new = dh + dy
+        if valid_t is not None:
+            keep = valid_t[..., None]  # (D, N, 1): a frozen step passes dh, dc through
+            dh_new, dh = jnp.where(keep, dh_new, 0), jnp.where(keep, 0, dh)
+            dc_new, dc = jnp.where(keep, dc, 0), jnp.where(keep, 0, dc)
+        else:
+            dh, dc_new, dc = 0, dc, 0
+        dr = dh_new if w_hr is None else matmul(dh_new, w_hr)  # (D,N,P) @ (D,P,H) -> (D,N,H)
+        dgates, dc_prev = update_vjp(*tangent_factors(act, c_before, c), dr, dc_new)
+        dh_prev = matmul(dgates, w_hh)  # (D, N, 4H) @ (D, 4H, H_out) -> (D, N, H_out)
+        return (dh + dh_prev, dc + dc_prev), (dgates if w_hr is None else (dgates, dh_new))
+
+    inputs = (d_ys, acts, cs, c_prev, valid)
+    (dh0, dc0), out = _scan(body, (d_hn, d_cn), inputs, reverse=True)
+    dgates = out if w_hr is None else out[0]  # (L, D, N, 4H)
+    h_prev = _previous_hidden(ys, h0, valid)  # (L, D, N, H_out)
+    d_w_hh_t = _sum_over_steps("ldnh,ldng->dhg", h_prev, dgates, matmul_dtype)  # (D, H_out, 4H)
+    d_w_hr_t = None
+    if w_hr is not None:
+        r = acts[..., 3 * acts.shape[-1] // 4 :] * jnp.tanh(cs)  # (L, D, N, H): o * tanh(c)
+        d_w_hr_t = _sum_over_steps("ldnh,ldnp->dhp", r, out[1], matmul_dtype)  # (D, H, P)
+    d_b = None if b is None else dgates.sum(axis=(0, 2))  # (D, 4H)
+    return dgates, d_b, d_w_hh_t, d_w_hr_t, dh0, dc0
+
+
+def _plain_backward(residuals, cotangents, matmul_dtype):
+    """:func:`_backward` as JAX's own transpose of :func:`_tangent` (differentiable, for
+    the derivatives of reverse mode)."""
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), residuals[0][:6])
+    tangent = jax.linear_transpose(lambda *t: _tangent(residuals, t, matmul_dtype), *like)
+    return tangent(cotangents)
+
+
+# The tangent, with the hand-written backward loop as its transpose.
+_tangent_pair = linear_pair("jaxlstm_scan_tangent", _tangent, _tangent, _backward, _plain_backward)
