@@ -5,7 +5,8 @@ Functional core: :func:`init_params`, :func:`lstm`, :func:`init_cell_params`,
 :func:`pack_sequence`, :func:`pack_padded_sequence`, :func:`pad_packed_sequence`,
 :func:`pad_sequence`, :func:`unpack_sequence`, :func:`unpad_sequence`. Facades:
 :class:`LSTM`, :class:`LSTMCell`. PyTorch weights: :func:`params_from_torch`,
-:func:`params_to_torch`. Checked traced lengths: :func:`checked_lengths`.
+:func:`params_to_torch`. Checked traced lengths: :func:`checked_lengths`. This
+machine's setup: :func:`show_config` (``python -m jaxlstm``).
 """
 
 from jaxlstm import _export, rnn
@@ -21,6 +22,7 @@ from jaxlstm._params import (
     params_from_torch,
     params_to_torch,
 )
+from jaxlstm._show import show_config
 from jaxlstm.rnn import (
     PackedSequence,
     pack_padded_sequence,
@@ -54,6 +56,7 @@ __all__ = [
     "params_from_torch",
     "params_to_torch",
     "rnn",
+    "show_config",
     "unpack_sequence",
     "unpad_sequence",
 ]

@@ -68,20 +68,25 @@ def choose(impl: str) -> str:
         return ""
     if impl == "auto":
         return available()
-    if _extension is None:
+    reason = missing()
+    if reason:
         raise ValueError(
-            "impl='cpu_kernel': this install of jaxlstm has no CPU kernel (it was built "
-            "without a C++17 compiler, or not on x86-64); reinstall with a compiler, or "
-            "use impl='auto' or impl='scan'"
-        )
-    if not _extension.supported():
-        raise ValueError(
-            "impl='cpu_kernel' needs an x86-64 CPU with AVX-512 (avx512f, avx512dq, "
-            "avx512bw, avx512vl and fma); this CPU lacks them: use impl='auto' or "
-            "impl='scan'"
+            f"impl='cpu_kernel' cannot run here: {reason}; use impl='auto' or impl='scan'"
         )
     avx512 = os.environ.get("JAXLSTM_CPU_KERNEL") == "avx512"
     return "amx" if not avx512 and _amx_granted() else "avx512"
+
+
+def missing() -> str:
+    """Why this install or CPU has no kernel, or ``""`` when it has one."""
+    if _extension is None:
+        return (
+            "this install of jaxlstm has no CPU kernel (it was built without a C++17 "
+            "compiler, or not on x86-64; reinstall with a compiler)"
+        )
+    if not _extension.supported():
+        return "this CPU lacks AVX-512 (avx512f, avx512dq, avx512bw, avx512vl and fma)"
+    return ""
 
 
 @cache

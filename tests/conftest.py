@@ -169,7 +169,10 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     monkeypatch.setattr(_kernel, "_backward", backward)
     monkeypatch.setattr(_kernel, "available", lambda: "avx512")
     extension = types.SimpleNamespace(
-        supported=lambda: True, supported_bf16=lambda: True, supported_amx=lambda: False
+        supported=lambda: True,
+        supported_bf16=lambda: True,
+        supported_amx=lambda: False,
+        __file__="fake_kernel (the stand-in of tests/conftest.py)",
     )
     monkeypatch.setattr(_kernel, "_extension", extension)
     monkeypatch.setattr(_kernel, "_amx_granted", lambda: False)
