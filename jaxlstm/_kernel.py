@@ -18,9 +18,11 @@ whole arrays): no flips or stacks around the loop. The results are
 AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux grants them.
 Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
 ``checkpoint_every`` shorter than the sequence, GPUs and TPUs, several devices, CPUs
-without AVX-512, an install without a C++ compiler. ``JAXLSTM_CPU_KERNEL`` in the
-environment picks the kernel: ``0`` turns it off, ``avx512`` keeps it off AMX; it is read
-at each call of :func:`jaxlstm.lstm` (a static argument of its compiled function).
+without AVX-512, an install without a C++ compiler, inside ``shard_map``. A call picks
+its path with :func:`jaxlstm.lstm`'s ``impl`` (:func:`choose`); ``JAXLSTM_CPU_KERNEL`` in
+the environment sets the default: ``0`` turns the kernel off, ``avx512`` keeps it off
+AMX; it is read at each call of :func:`jaxlstm.lstm` (a static argument of its compiled
+function).
 """
 
 from __future__ import annotations
@@ -95,9 +97,12 @@ def _amx_granted() -> bool:
     return _extension.supported_amx()
 
 
-def unusable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None) -> str:
+def unusable(
+    x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None, operands: Any
+) -> str:
     """Why :func:`layer` cannot compute the layer of input ``x`` and projection ``w_hr``
-    (at trace time, once :func:`available`), or ``""`` when it can."""
+    (at trace time, once :func:`available`), or ``""`` when it can; ``operands`` are all
+    its arrays (a pytree), any of which may vary over ``shard_map``'s mesh axes."""
     reasons = {
         "a projection (proj_size > 0)": w_hr is not None,
         "empty or symbolic shapes": not all(isinstance(d, int) and d > 0 for d in x.shape),
@@ -113,7 +118,9 @@ def unusable(x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: 
         f"dtype {x.dtype} (it runs float32)": x.dtype != jnp.float32,
         f"the {jax.default_backend()} backend": jax.default_backend() != "cpu",
         "several devices": jax.device_count() != 1,
-        "shard_map (values varying over mesh axes)": bool(varying(x)),
+        "shard_map (values varying over mesh axes)": any(
+            varying(a) for a in jax.tree.leaves(operands)
+        ),
     }
     return ", ".join(reason for reason, applies in reasons.items() if applies)
 

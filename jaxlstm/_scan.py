@@ -96,7 +96,8 @@ def scan_layer(
     b = None if layer[0].b_ih is None else tuple(p.b_ih + p.b_hh for p in layer)
     w_ih, w_hh = tuple(p.w_ih for p in layer), tuple(p.w_hh for p in layer)
     if cpu_kernel:
-        unusable = _kernel.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every)
+        operands = (layer, x, h0, c0, lengths)
+        unusable = _kernel.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every, operands)
         if not unusable:
             return _kernel.layer(
                 x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel, reference=_scanned
@@ -119,6 +120,7 @@ def _scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, w_hr=None, checkpo
         w_hh_t=jnp.stack([w.T for w in w_hh]),  # (D, H_out, 4H)
         w_hr_t=None if w_hr is None else jnp.stack([w.T for w in w_hr]),  # (D, H, P)
     )
+    h0, c0 = _vary_like((h0, c0), (x, weights, lengths))
     # Scan order: step t of direction 1 reads time L-1-t.
     xs = _flip_reverse(jnp.broadcast_to(x[:, None], (seq_len, num_dirs, *x.shape[1:])))
     valid = None
@@ -133,6 +135,19 @@ def _scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, w_hr=None, checkpo
     ys = _flip_reverse(ys)  # (L, D, N, H_out), both directions in time order
     y = jnp.moveaxis(ys, 1, 2).reshape(seq_len, batch, num_dirs * ys.shape[-1])  # (L,N,D*H_out)
     return y, h_n, c_n
+
+
+def _vary_like(carry, operands):
+    """``carry`` made to vary over every mesh axis that any of ``operands`` varies over
+    (inside ``shard_map``, e.g. with the weights sharded and the state not: a scan's
+    carry keeps its type from step to step); unchanged outside ``shard_map``."""
+    axes = frozenset().union(*(varying(a) for a in jax.tree.leaves(operands)))
+
+    def vary(c):
+        missing = tuple(sorted(axes - varying(c)))
+        return lax.pcast(c, missing, to="varying") if missing else c
+
+    return jax.tree.map(vary, carry)
 
 
 class _Weights(NamedTuple):
@@ -322,8 +337,8 @@ def _tangent(residuals, tangents, matmul_dtype):
     once, outside the loop: the gate factors (:func:`jaxlstm._cell.tangent_factors`) and
     the driving term ``dxg + db + h_prev @ dw_hh^T`` (one large product; with a projection
     also ``r @ dw_hr^T``). The loop body is one small product and a few elementwise
-    operations, all linear in the tangents, so JAX transposes the loop into the backward
-    loop and the hoisted products into single large weight-gradient products.
+    operations, all linear in the tangents. Its transpose is :func:`_backward` (and JAX's
+    own, :func:`_plain_backward`, for second order and inside ``shard_map``).
 
     Args:
         residuals: ``(primals, (ys (L, D, N, H_out), acts (L, D, N, 4H), cs (L, D, N, H)))``:

@@ -95,6 +95,19 @@ def packed_at(seq_len: int, batch: int):
     return jl.PackedSequence(x[:, order], lengths[order], enforce_sorted=True)
 
 
+def fresh_python(script: str, *args: str) -> None:
+    """Runs ``script`` with ``args`` in a fresh Python process, which must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=XLA_FLAGS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def serve(
     folder: Path, artifacts: dict[str, bytes], lines: str, *, x64: bool = False
 ) -> list[np.ndarray]:
@@ -106,15 +119,7 @@ def serve(
         + textwrap.dedent(lines)
         + '\nnp.savez(folder / "results.npz", *[np.asarray(r) for r in results])\n'
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(folder)],
-        cwd=ROOT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=XLA_FLAGS),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    fresh_python(script, str(folder))
     with np.load(folder / "results.npz") as results:
         return [results[f"arr_{i}"] for i in range(len(results.files))]
 
@@ -298,8 +303,8 @@ def test_cpu_kernel_not_chosen_for_symbolic_shapes(monkeypatch):
     is exported from. (Its tests must not compare a symbolic dimension.)"""
     t, b = jax.export.symbolic_shape("t, b")
     x = jax.ShapeDtypeStruct((t, b, 7), jnp.float32)
-    assert _kernel.unusable(x, None, None, None) == "empty or symbolic shapes"
-    assert _kernel.unusable(x, None, None, 2) == "empty or symbolic shapes"
+    assert _kernel.unusable(x, None, None, None, x) == "empty or symbolic shapes"
+    assert _kernel.unusable(x, None, None, 2, x) == "empty or symbolic shapes"
     monkeypatch.setattr(_kernel, "available", lambda: "avx512")  # as on an AVX-512 CPU
     exported = jax.export.export(jax.jit(jl.lstm))(make_params(np.float32), *specs("t, b, 3"))
     assert "jaxlstm_lstm" not in exported.mlir_module()  # the kernel's FFI targets
@@ -338,12 +343,4 @@ x, bad = np.ones((4, 2, 3), np.float32), np.array([9, 2])
 with jl.checked_lengths():
     assert checkify.checkify(run)(x, bad)[0].get().startswith("lengths must lie in [0, 4]")
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=XLA_FLAGS),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    fresh_python(script)

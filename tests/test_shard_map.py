@@ -269,5 +269,23 @@ def test_one_device_shard_map_takes_the_scan_path(fake_kernel):
     assert _scale_diff(got, expected) <= TOL
 
 
+def test_one_device_shard_map_with_only_the_weights_varying_takes_the_scan_path(fake_kernel):
+    """Any operand varying over a mesh axis routes off the kernel, not only the input:
+    here the weights vary (sharded on their first axis) and the input is replicated."""
+    params = jl.init_params(jax.random.key(0), INPUT_SIZE, HIDDEN_SIZE, bidirectional=True)
+    x = jax.random.normal(jax.random.key(1), (SEQ_LEN, BATCH, INPUT_SIZE))
+    args = (params, x, jnp.array(LENGTHS))
+    expected = jax.jit(_grads("scan"))(*args)
+
+    mesh = jax.make_mesh((1,), ("b",))
+    specs = (P("b"), P(), P())
+    sharded = jax.shard_map(_grads("auto"), mesh=mesh, in_specs=specs, out_specs=(P("b"), P()))
+    inputs = jax.device_put(args, jax.tree.map(partial(NamedSharding, mesh), specs))
+    jaxpr, got = _run_traced(sharded, *inputs)
+    assert "jaxlstm_lstm_tangent" not in jaxpr
+    assert fake_kernel["backward"] == 0, "shard_map took the kernel path"
+    assert _scale_diff(got, expected) <= TOL
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

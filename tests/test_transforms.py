@@ -325,3 +325,33 @@ def test_mixed_dtypes_promote_per_result_type(x_dtype, params_dtype, hx_dtype, e
     # The same as casting everything to the common dtype first.
     cast = jax.tree.map(lambda a: a.astype(common), (params, x, hx))
     assert_trees_close(results, run_dtype_case(*cast), 1e-6)
+
+
+def test_array_likes_are_accepted_wherever_an_array_is():
+    """Parameters as flax ``nnx.Param``\\ s, numpy arrays or torch tensors, the input and
+    lengths as torch tensors, the state as ``nnx.Param``\\ s: the numbers of plain arrays.
+    A leaf ``jnp.asarray`` refuses is named by its place."""
+    from flax import nnx
+
+    params = jl.init_params(jax.random.key(0), INPUT_SIZE, HIDDEN_SIZE, num_layers=2)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (SEQ_LEN, 2, INPUT_SIZE)))
+    hx = tuple(np.full((2, 2, HIDDEN_SIZE), v, np.float32) for v in (0.1, -0.2))
+    lengths = np.array([SEQ_LEN, 2])
+    want = jl.lstm(params, x, hx, lengths=lengths)
+    for convert in (nnx.Param, np.asarray, lambda a: torch.tensor(np.asarray(a))):
+        got = jl.lstm(
+            jax.tree.map(convert, params),
+            torch.tensor(x),
+            tuple(nnx.Param(jnp.asarray(a)) for a in hx),
+            lengths=torch.tensor(lengths),
+        )
+        assert_trees_close(got, want, 0)
+    cell = jl.init_cell_params(jax.random.key(2), INPUT_SIZE, HIDDEN_SIZE)
+    assert_trees_close(
+        jl.lstm_cell(jax.tree.map(nnx.Param, cell), torch.tensor(x[0])),
+        jl.lstm_cell(cell, x[0]),
+        0,
+    )
+    bad = params[0][0]._replace(w_hh="weights")
+    with pytest.raises(TypeError, match=r"params\[0\]\[0\]\.w_hh must be an array, got str"):
+        jl.lstm(((bad,), params[1]), x)
