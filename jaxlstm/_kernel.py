@@ -1,4 +1,4 @@
-"""One layer in jaxlstm's fused CPU kernel (``_cpu_kernel.cc``, an XLA FFI custom call).
+"""One layer in jaxlstm's fused CPU kernel (``csrc/cpu_kernel.cc``, an XLA FFI custom call).
 
 On an x86-64 CPU with AVX-512, a float32 layer without projection runs as one custom
 call, both directions at once, instead of a ``lax.scan``. Each step's gate matmul
@@ -16,6 +16,13 @@ whole arrays): no flips or stacks around the loop. The results are
 
 ``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16, its step matmuls in
 AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux grants them.
+The kernel never breaks a call: where it cannot load, register or run (no C++ compiler at
+install, a CPU without AVX-512, an XLA whose FFI refuses the handlers), :func:`missing`
+says why, found once per process (loading, registering, then a self-test: one small
+layer against a NumPy loop), :func:`available` answers ``""``, every layer takes the
+``lax.scan`` path, and the first call that could have used the kernel warns once
+(:class:`KernelWarning`, with the cause and the fix).
+
 Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
 ``checkpoint_every`` shorter than the sequence, GPUs and TPUs, several devices, CPUs
 without AVX-512, an install without a C++ compiler, inside ``shard_map``. A call picks
@@ -28,35 +35,67 @@ function).
 from __future__ import annotations
 
 import os
+import platform
+import threading
+import warnings
 from collections.abc import Callable
 from functools import cache, partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxlstm._linear_pair import linear_pair, varying
 
 Array = jax.Array
 
+_LOAD_ERROR = ""  # why a built extension failed to load
 try:
     from jaxlstm import _cpu_kernel as _extension
-except ImportError:  # built without a C++ compiler, or not x86-64
+except ModuleNotFoundError:  # not built: no C++ compiler at install, or not x86-64
     _extension = None
+except Exception as error:  # built, but this Python or system refuses it
+    _extension = None
+    _LOAD_ERROR = f"{type(error).__name__}: {error}"
 
-_registered = False
+
+class KernelWarning(RuntimeWarning):
+    """Said once per process, by the first call that could have used the fused CPU kernel,
+    where the kernel cannot run: why, and what to do. ``JAXLSTM_CPU_KERNEL=0`` (the
+    kernel turned off on purpose) silences it, as do Python's warning filters."""
+
+
+_warned = False
 
 
 def available() -> str:
     """The kernel this CPU runs and ``JAXLSTM_CPU_KERNEL`` allows: ``"amx"`` (bfloat16
-    products in AMX tiles), ``"avx512"``, or ``""`` where there is none."""
-    if _extension is None or not _extension.supported():
-        return ""
+    products in AMX tiles), ``"avx512"``, or ``""`` where there is none (on the CPU
+    backend, the first such answer warns once why: :class:`KernelWarning`)."""
     choice = os.environ.get("JAXLSTM_CPU_KERNEL", "1")
     if choice == "0":
         return ""
+    reason = missing()
+    if reason:
+        _warn_once(reason)
+        return ""
     return "amx" if choice != "avx512" and _amx_granted() else "avx512"
+
+
+def _warn_once(reason: str) -> None:
+    global _warned
+    if _warned or jax.default_backend() != "cpu":
+        return
+    _warned = True
+    warnings.warn(
+        f"jaxlstm's fused CPU kernel is off: {reason}. float32 layers take the lax.scan "
+        "path: the same results, about half the kernel's speed on CPU "
+        "(JAXLSTM_CPU_KERNEL=0 silences this; python -m jaxlstm shows the configuration)",
+        KernelWarning,
+        stacklevel=5,  # _warn_once, available, choose, lstm: the caller of jaxlstm.lstm
+    )
 
 
 def choose(impl: str) -> str:
@@ -82,13 +121,86 @@ def choose(impl: str) -> str:
 def missing() -> str:
     """Why this install or CPU has no kernel, or ``""`` when it has one."""
     if _extension is None:
+        if _LOAD_ERROR:
+            return (
+                f"its extension failed to load ({_LOAD_ERROR}); reinstall jaxlstm "
+                "(pip install --force-reinstall --no-cache-dir jaxlstm)"
+            )
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return f"it is built for x86-64 CPUs only (this is {platform.machine()})"
         return (
-            "this install of jaxlstm has no CPU kernel (it was built without a C++17 "
-            "compiler, or not on x86-64; reinstall with a compiler)"
+            "this install has no CPU kernel: it was not built (no C++17 compiler at install "
+            "time); install g++ or clang++ and reinstall jaxlstm to get it"
         )
     if not _extension.supported():
         return "this CPU lacks AVX-512 (avx512f, avx512dq, avx512bw, avx512vl and fma)"
+    return _broken()
+
+
+@cache
+def _broken() -> str:
+    """Why the built kernel fails to register or to compute on this CPU, or ``""``: found
+    once per process, in a thread of its own (outside any trace the caller is in)."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(_self_test()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def _self_test() -> str:
+    """Registers the kernel's handlers and runs one small bidirectional layer with lengths
+    through it, against a NumPy loop: ``""``, or what went wrong and what to do."""
+    fix = (
+        "reinstall jaxlstm against this jaxlib (pip install --force-reinstall --no-cache-dir "
+        "jaxlstm), or report it with the output of python -m jaxlstm "
+        f"(jaxlib {jax.lib.__version__})"
+    )
+    try:
+        _register()
+    except Exception as error:  # e.g. an XLA without these FFI types
+        return f"registering its XLA FFI handlers failed ({type(error).__name__}: {error}); {fix}"
+    rng = np.random.default_rng(0)
+    seq_len, batch, size, hidden = 3, 2, 5, 20
+    x = rng.standard_normal((seq_len, batch, size)).astype(np.float32)
+    w_ih = tuple(0.3 * rng.standard_normal((2, 4 * hidden, size)).astype(np.float32))
+    w_hh = tuple(0.3 * rng.standard_normal((2, 4 * hidden, hidden)).astype(np.float32))
+    b = tuple(0.1 * rng.standard_normal((2, 4 * hidden)).astype(np.float32))
+    zeros = np.zeros((2, batch, hidden), np.float32)
+    lengths = np.array([seq_len, 2], np.int32)
+    try:
+        run = jax.jit(partial(_forward, mode="f32", save=False))
+        y, h_n, c_n = jax.device_get(run(x, w_ih, b, w_hh, zeros, zeros, lengths))
+    except Exception as error:  # e.g. "handler's API version (0.3) is incompatible ..."
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"its self-test failed to run ({type(error).__name__}: {first}); {fix}"
+    want = _numpy_layer(x, w_ih, b, w_hh, lengths)
+    got = (y, h_n, c_n)
+    if not all(np.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want, strict=True)):
+        return f"its self-test computed wrong numbers; {fix}"
     return ""
+
+
+def _numpy_layer(x, w_ih, b, w_hh, lengths):
+    """The layer :func:`_self_test` runs, as a float64 NumPy loop from a zero state:
+    ``(y (L, N, D, H), h_n (D, N, H), c_n (D, N, H))``."""
+    seq_len, batch, _ = x.shape
+    hidden = w_hh[0].shape[1]
+    y = np.zeros((seq_len, batch, len(w_hh), hidden))
+    h_n, c_n = np.zeros((2, len(w_hh), batch, hidden))
+    sigmoid = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    for d, steps in enumerate((range(seq_len), reversed(range(seq_len)))):
+        h, c = np.zeros((batch, hidden)), np.zeros((batch, hidden))
+        for t in steps:
+            g = x[t] @ w_ih[d].T + h @ w_hh[d].T + b[d]  # (N, 4H): i, f, g, o
+            i, f, o = (sigmoid(g[:, k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
+            c_new = f * c + i * np.tanh(g[:, 2 * hidden : 3 * hidden])
+            h_new = o * np.tanh(c_new)
+            valid = (t < lengths)[:, None]
+            h, c = np.where(valid, h_new, h), np.where(valid, c_new, c)
+            y[t, :, d] = np.where(valid, h_new, 0)
+        h_n[d], c_n[d] = h, c
+    return y, h_n, c_n
 
 
 @cache
@@ -181,12 +293,10 @@ class _Spec(NamedTuple):
         return y.reshape(*x.shape[:2], len(w_hh), -1), h_n, c_n
 
 
+@cache
 def _register() -> None:
-    global _registered
-    if not _registered:
-        for name, handler in _extension.handlers().items():
-            jax.ffi.register_ffi_target(name, handler, platform="cpu")
-        _registered = True
+    for name, handler in _extension.handlers().items():
+        jax.ffi.register_ffi_target(name, handler, platform="cpu")
 
 
 def _operands(x, w_ih, w_hh, mode: str):

@@ -138,6 +138,21 @@ def x64() -> Iterator[None]:
         yield
 
 
+KERNEL_MISSING = jl._kernel.missing()
+needs_kernel = pytest.mark.skipif(
+    bool(KERNEL_MISSING), reason=f"the fused CPU kernel cannot run here: {KERNEL_MISSING}"
+)
+
+
+def assert_in_kernel(fn: Callable, *args: Any, **static: Any) -> str:
+    """Asserts that the program ``fn(*args, **static)`` calls the fused kernel (its forward
+    loop; its backward loop too where ``fn`` differentiates): the kernel really runs.
+    Returns the lowered program's text."""
+    text = jax.jit(fn, static_argnames=tuple(static)).lower(*args, **static).as_text()
+    assert "jaxlstm_lstm_forward" in text, "the kernel's custom call is not in the program"
+    return text
+
+
 @pytest.fixture
 def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """The kernel path's derivative structure with plain-JAX stand-ins for its two FFI
@@ -176,6 +191,7 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     )
     monkeypatch.setattr(_kernel, "_extension", extension)
     monkeypatch.setattr(_kernel, "_amx_granted", lambda: False)
+    monkeypatch.setattr(_kernel, "_broken", lambda: "")  # no self-test of the stand-ins
     jax.clear_caches()
     yield calls
     jax.clear_caches()

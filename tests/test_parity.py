@@ -25,10 +25,12 @@ from conftest import (
     INPUT_SIZE,
     PROJ_SIZE,
     Case,
+    assert_in_kernel,
     call_lstm,
     case_params,
     check_parity,
     init_case_params,
+    needs_kernel,
     pairwise,
     pairwise_cases,
     random_inputs,
@@ -85,6 +87,28 @@ def test_lstm_matches_torch_float64(case):
 def test_lstm_matches_torch_float32_by_default(case):
     params = init_case_params(case)  # the default dtype, float32
     check_functional(case, dtype=np.float32, tol=1e-5, params=params)
+
+
+KERNEL_GRID = {**GRID, "proj_size": (0,)}  # the layers the fused CPU kernel runs
+
+
+@pytest.mark.parametrize("impl", [pytest.param("auto", marks=needs_kernel), "scan"])
+@pytest.mark.parametrize("case", pairwise_cases(KERNEL_GRID))
+def test_lstm_matches_torch_float32_kernel_on_and_off(case, impl):
+    """float32 against PyTorch over the grid's kernel layers, in the fused CPU kernel
+    (``"auto"``, asserted to run it) and on the ``lax.scan`` path."""
+    params = init_case_params(case)  # float32
+    if impl == "auto":
+        x = jnp.zeros((5, 2, INPUT_SIZE), jnp.float32)
+        assert_in_kernel(lambda p, x: jl.lstm(p, x, impl=impl), params, x)
+    check_parity(
+        case,
+        params,
+        functools.partial(call_lstm, batch_first=case.batch_first, impl=impl),
+        jl.params_to_torch(params),
+        dtype=np.float32,
+        tol=1e-5,
+    )
 
 
 @pytest.mark.parametrize(
