@@ -250,7 +250,7 @@ def check_lengths(lengths: Any, *, batch: int | None, max_len: int, name: str = 
     return jnp.clip(jnp.asarray(lengths), 0, max_len).astype(jnp.int32)
 
 
-IMPLS = ("auto", "scan", "cpu_kernel")
+IMPLS = ("auto", "scan", "cpu_kernel", "cudnn")
 """The values of :func:`jaxlstm.lstm`'s ``impl``."""
 
 

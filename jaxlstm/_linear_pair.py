@@ -24,6 +24,7 @@ any hashable, static value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -72,6 +73,70 @@ def linear_pair(
             levels=(),
         )
         return jax.tree.unflatten(out_tree, results)
+
+    return apply
+
+
+def accelerated(
+    name: str, forward: Callable, backward: Fn, plain: Callable, linear: int
+) -> Callable[[tuple, Any], Any]:
+    """A layer that runs an accelerated forward pass (a fused kernel, cuDNN) and
+    differentiates through it: its JVP runs the forward pass that keeps residuals, then a
+    tangent made by :func:`linear_pair`, whose forward mode is ``plain``'s ``jax.jvp``
+    (plain JAX), whose transpose (reverse mode) is ``backward``, the accelerated backward
+    pass, and whose own derivatives (second order) and ``vmap`` of reverse mode are JAX's
+    transposes of the plain tangent. The residuals' tangents are zero: the tangent
+    primitives' derivatives read the operands, never the residuals.
+
+    Args:
+        name: the tangent primitive's name.
+        forward: ``forward(operands, spec, save) -> outputs`` (a tuple), or with ``save``
+            ``(outputs, residuals)``.
+        backward: ``backward((operands, residuals), cotangents of outputs, spec)`` -> the
+            cotangents of ``operands[:linear]``.
+        plain: ``plain(operands, spec) -> outputs`` in plain JAX (differentiable).
+        linear: how many leading operands are differentiated (the rest, e.g. integer
+            lengths, are not).
+
+    Returns:
+        ``apply(operands, spec) -> outputs`` (``spec`` static and hashable).
+    """
+
+    def plain_tangent(residuals, tangents, spec):
+        operands, _ = residuals
+        rest = operands[linear:]
+        return jax.jvp(lambda *p: plain((*p, *rest), spec), operands[:linear], tangents)[1]
+
+    def plain_backward(residuals, cotangents, spec):
+        operands, _ = residuals
+        rest = operands[linear:]
+        return jax.vjp(lambda *p: plain((*p, *rest), spec), *operands[:linear])[1](cotangents)
+
+    tangent = linear_pair(name, plain_tangent, plain_tangent, backward, plain_backward)
+
+    @partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def apply(operands, spec):
+        return forward(operands, spec, save=False)
+
+    @partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def saved(operands, spec):
+        return forward(operands, spec, save=True)
+
+    def tangents_of(spec, primals, tangents):
+        """``((outputs, residuals), the outputs' tangents)``."""
+        (operands,), (t_operands,) = primals, tangents
+        out, residuals = saved(operands, spec)
+        return (out, residuals), tangent((operands, residuals), t_operands[:linear], spec, out)
+
+    @apply.defjvp
+    def apply_jvp(spec, primals, tangents):
+        (out, _), t_out = tangents_of(spec, primals, tangents)
+        return out, t_out
+
+    @saved.defjvp
+    def saved_jvp(spec, primals, tangents):
+        (out, residuals), t_out = tangents_of(spec, primals, tangents)
+        return (out, residuals), (t_out, jax.tree.map(jnp.zeros_like, residuals))
 
     return apply
 

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlstm import _kernel
+from jaxlstm import _cudnn, _kernel
 from jaxlstm._checks import (
     check_dropout,
     check_floating,
@@ -84,9 +84,11 @@ def lstm(
             with AVX-512, one device; ``JAXLSTM_CPU_KERNEL=0`` in the environment turns
             this default off), else as ``lax.scan``; ``"scan"`` always as ``lax.scan``
             (e.g. for :func:`jax.export`: the kernel's custom call cannot travel);
-            ``"cpu_kernel"`` in the kernel, or a ``ValueError`` that says why it can't.
-            Every choice gives the same numbers (to float32 rounding) and supports every
-            transformation.
+            ``"cpu_kernel"`` in the kernel, or a ``ValueError`` that says why it can't;
+            ``"cudnn"`` (opt-in, awaiting its first GPU verification: ``"auto"`` does not
+            take it yet) in cuDNN on an NVIDIA GPU (float32 layers without projection,
+            one device), or a ``ValueError`` that says why it can't. Every choice gives
+            the same numbers (to float32 rounding) and supports every transformation.
 
     Returns:
         ``(output, (h_n, c_n))``: ``output`` in the form of ``input`` with feature size
@@ -122,8 +124,9 @@ def lstm(
         dropout=dropout if key is not None else 0.0,
         matmul_dtype=check_matmul_dtype(matmul_dtype, dtype),
         checkpoint_every=checkpoint_every,
-        cpu_kernel=_kernel.choose(impl),
-        strict=impl == "cpu_kernel",
+        cpu_kernel="" if impl == "cudnn" else _kernel.choose(impl),
+        strict=impl in ("cpu_kernel", "cudnn"),
+        cudnn=_cudnn.choose(impl),
     )
     if isinstance(input, PackedSequence):
         return PackedSequence(x, input.lengths, enforce_sorted=input.enforce_sorted), (h_n, c_n)
@@ -136,10 +139,29 @@ def lstm(
 
 @partial(
     jax.jit,
-    static_argnames=("dropout", "matmul_dtype", "checkpoint_every", "cpu_kernel", "strict"),
+    static_argnames=(
+        "dropout",
+        "matmul_dtype",
+        "checkpoint_every",
+        "cpu_kernel",
+        "strict",
+        "cudnn",
+    ),
 )
 def _layers(
-    params, x, h0, c0, lengths, key, *, dropout, matmul_dtype, checkpoint_every, cpu_kernel, strict
+    params,
+    x,
+    h0,
+    c0,
+    lengths,
+    key,
+    *,
+    dropout,
+    matmul_dtype,
+    checkpoint_every,
+    cpu_kernel,
+    strict,
+    cudnn,
 ):
     """The layers over checked, time-major arrays (jitted: eager calls compile once).
 
@@ -152,7 +174,10 @@ def _layers(
         dropout, matmul_dtype, checkpoint_every: as :func:`lstm` (static).
         cpu_kernel: which of jaxlstm's fused CPU kernels layers may run in, ``""`` for
             none (static; see :func:`jaxlstm._kernel.choose`).
-        strict: a layer the kernel cannot run is a ``ValueError`` (``impl="cpu_kernel"``).
+        strict: a layer the kernel (or cuDNN) cannot run is a ``ValueError``
+            (``impl="cpu_kernel"`` or ``"cudnn"``).
+        cudnn: layers run in cuDNN where they can (static; see
+            :func:`jaxlstm._cudnn.choose`).
 
     Returns:
         ``(y (L, N, D*H_out), (h_n, c_n))`` in the common floating dtype.
@@ -177,6 +202,7 @@ def _layers(
             checkpoint_every,
             cpu_kernel,
             strict,
+            cudnn=cudnn,
         )
         h_n.append(h)
         c_n.append(c)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxlstm import _kernel
+from jaxlstm import _cudnn, _kernel
 from jaxlstm._cell import input_gates, matmul, step, tangent_factors, update_jvp, update_vjp
 from jaxlstm._linear_pair import linear_pair, varying
 from jaxlstm._params import LayerParams
@@ -69,6 +69,7 @@ def scan_layer(
     checkpoint_every: int | None = None,
     cpu_kernel: str = "",
     strict: bool = False,
+    cudnn: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Runs one layer, every direction, over a time-major sequence.
 
@@ -86,8 +87,11 @@ def scan_layer(
         cpu_kernel: :func:`jaxlstm._kernel.available`'s answer: unless ``""``, run the
             layer in jaxlstm's fused CPU kernel where it applies
             (:func:`jaxlstm._kernel.unusable`).
-        strict: raise a ``ValueError`` where the kernel does not apply, instead of
-            taking the ``lax.scan`` path (``impl="cpu_kernel"``).
+        strict: raise a ``ValueError`` where the kernel (or cuDNN) does not apply,
+            instead of taking the ``lax.scan`` path (``impl="cpu_kernel"``, ``"cudnn"``).
+        cudnn: run the layer in cuDNN where it applies (:func:`jaxlstm._cudnn.unusable`;
+            ``impl="cudnn"`` only: ``"auto"`` keeps GPUs on the ``lax.scan`` path until a
+            GPU run has verified the cuDNN one).
 
     Returns:
         ``(y, h_n, c_n)``: ``y (L, N, D*H_out)`` (direction outputs concatenated on the
@@ -95,8 +99,14 @@ def scan_layer(
     """
     b = None if layer[0].b_ih is None else tuple(p.b_ih + p.b_hh for p in layer)
     w_ih, w_hh = tuple(p.w_ih for p in layer), tuple(p.w_hh for p in layer)
+    operands = (layer, x, h0, c0, lengths)
+    if cudnn:
+        unusable = _cudnn.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every, operands)
+        if not unusable:
+            return _cudnn.layer(layer, x, h0, c0, lengths, reference=_scanned)
+        if strict:
+            raise ValueError(f"impl='cudnn' cannot run this layer: {unusable}")
     if cpu_kernel:
-        operands = (layer, x, h0, c0, lengths)
         unusable = _kernel.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every, operands)
         if not unusable:
             return _kernel.layer(
