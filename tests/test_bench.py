@@ -1,14 +1,27 @@
-"""The ``jaxlstm-bench`` command's plumbing, on tiny configs. No timing is judged."""
+"""The ``jaxlstm-bench`` command's plumbing, on tiny configs. No timing is judged.
+
+The GPU code paths run here on the CPU, on a stand-in GPU (:func:`fake_gpu`): the device
+choice and the GPU suite from a patched ``jax.devices``; PyTorch's CUDA synchronisation
+and ``jax.experimental.rnn.lstm`` (cuDNN) replaced by recorders that compute the same
+thing on CPU, so that the peers' GPU adapters are checked against jaxlstm for real.
+"""
 
 import json
+import os
 import re
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+import torch
+from jax.experimental import rnn
 
+import jaxlstm as jl
 from jaxlstm import bench
+from jaxlstm.bench import cli, peaks
 
 TINY = "4:2:3:5"  # T:N:I:H, every peer can express it
 TINY_VARLEN = "6:3:4:5:varlen"
@@ -31,9 +44,12 @@ ROW_KEYS = {
 }
 
 
+SMALL_PEAK = {kind: {False: 64, True: 64} for kind in peaks.PEAK_SIZE}
+
+
 @pytest.fixture(autouse=True)
 def _small_matmul_peak(monkeypatch):
-    monkeypatch.setattr(bench, "_PEAK_SIZE", {False: 64, True: 64})
+    monkeypatch.setattr(cli, "PEAK_SIZE", SMALL_PEAK)
 
 
 # The test extra installs every peer and matplotlib: every peer runs here, none is skipped.
@@ -47,7 +63,7 @@ def every_peer(tmp_path_factory):
     argv = ["--quick", "--configs", TINY, "--reps", "2", "--json", str(out / "rows.json")]
     argv += ["--plot", str(out / "bars.png")]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench, "_PEAK_SIZE", {False: 64, True: 64})
+        mp.setattr(cli, "PEAK_SIZE", SMALL_PEAK)
         bench.main(argv)
     return out
 
@@ -104,8 +120,8 @@ def test_load_average_is_the_one_before_the_run(tmp_path, monkeypatch):
         load[0] = 1.75  # the bench's own work
         return run_suite(*args, **kwargs)
 
-    monkeypatch.setattr(bench.os, "getloadavg", lambda: (load[0], 0.0, 0.0))
-    monkeypatch.setattr(bench, "run_suite", loading_run)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0))
+    monkeypatch.setattr(cli, "run_suite", loading_run)
     path = tmp_path / "rows.json"
     bench.main(["--quick", "--configs", TINY, "--peers", "torch", "--json", str(path)])
     assert {r["load_average"] for r in json.loads(path.read_text())} == {0.25}
@@ -198,3 +214,207 @@ def test_round_robin_settles_each_change_of_thunk():
     # round 0: a, b, c; round 1: b, c, a; each settled by an untimed call of its own
     assert calls == [*"aabbcc", *"bbccaa"]
     assert {k: v.shape for k, v in times.items()} == {k: (2,) for k in "abc"}
+
+
+# ------------------------------------------------------------------------------- GPU
+
+
+class _FakeGpu:
+    """What ``jax.devices()[0]`` is on a GPU machine, as far as the device choice looks."""
+
+    platform = "gpu"
+    device_kind = "NVIDIA H200"
+
+
+def _devices_with_gpu(backend=None):
+    return jax.local_devices(backend="cpu") if backend == "cpu" else [_FakeGpu()]
+
+
+def test_the_gpu_is_the_default_device_when_jax_has_one(monkeypatch):
+    assert bench.select_device(None) == bench.Device("cpu", jax.devices("cpu")[0], "cpu")
+    monkeypatch.setattr(jax, "devices", _devices_with_gpu)
+    gpu = bench.select_device(None)
+    assert gpu.kind == "gpu"
+    assert isinstance(gpu.jax_device, _FakeGpu)
+    assert (gpu.torch_device, gpu.torch_dtype("bfloat16")) == ("cuda", "bfloat16")
+    cpu = bench.select_device("cpu")
+    assert cpu == bench.Device("cpu", jax.local_devices(backend="cpu")[0], "cpu")
+    assert (cpu.torch_device, cpu.torch_dtype("bfloat16")) == ("cpu", "float32")
+
+
+def test_gpu_without_one_is_refused(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        bench.main(["--device", "gpu", "--configs", TINY])
+    assert excinfo.value.code == 2
+    assert "--device gpu: JAX sees no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        ([], [*bench.SUITES["gpu"]]),
+        (["--device", "cpu"], [*bench.SUITES["cpu"]]),
+        (["--quick"], ["typical"]),
+    ],
+)
+def test_the_default_suite_is_the_devices(argv, want, monkeypatch):
+    """On a GPU the suite adds ``large``; the run is cut short once its plan is known."""
+    monkeypatch.setattr(jax, "devices", _devices_with_gpu)
+    ran = {}
+
+    def plan_only(configs, peers, *, device, **kwargs):
+        ran.update(configs=[c.name for c in configs], device=device.kind)
+        raise bench.OutputMismatchError("stop")
+
+    monkeypatch.setattr(cli, "run_suite", plan_only)
+    monkeypatch.setattr(cli, "machine_info", lambda peers, device: {})
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--peers", "equinox"])
+    assert ran == {"configs": want, "device": "cpu" if "cpu" in argv else "gpu"}
+    assert "large" in bench.SUITES["gpu"]
+    assert "large" not in bench.SUITES["cpu"]
+    large = bench.CONFIGS["large"]
+    assert (large.seq_len, large.batch, large.input_size, large.hidden_size) == (
+        512,
+        256,
+        1024,
+        1024,
+    )
+
+
+def test_cudnn_weights_are_what_jax_rnn_unpacks():
+    params = jl.init_params(jax.random.key(1), 3, 4, 2, bidirectional=True)
+    flat = bench.cudnn_weights(params)
+    assert flat.shape == (rnn.get_num_params_in_lstm(3, 4, 2, True),)
+    unpacked = rnn.unpack_lstm_weights(flat, 3, 4, 2, True)
+    pseudo = [p for ps in params for p in ps]  # layer * D + direction
+    for field, by_layer in zip(("w_ih", "w_hh", "b_ih", "b_hh"), unpacked, strict=True):
+        assert sorted(by_layer) == list(range(4))
+        for k, p in enumerate(pseudo):
+            np.testing.assert_array_equal(by_layer[k], getattr(p, field))
+
+
+def test_jax_passes_block_on_every_output_gradients_included(monkeypatch):
+    blocked = []
+
+    def recording_block(tree):
+        blocked.append(len(jax.tree.leaves(tree)))
+        return tree
+
+    config = bench.parse_config(TINY)
+    params = jl.init_params(jax.random.key(0), 3, 5)
+    x = np.zeros((4, 2, 3), np.float32)
+    problem = bench.Problem(params, x, None, jnp.dtype("float32"), bench.select_device("cpu"))
+    runner = bench.PEERS["jaxlstm"].build(config, problem)
+    monkeypatch.setattr(jax, "block_until_ready", recording_block)
+    runner.forward()
+    runner.forward_backward()
+    assert blocked == [1, len(jax.tree.leaves(params)) + 1]  # the output; weights and input
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A GPU run on the CPU: the device kind is "gpu", its JAX and PyTorch devices the CPU.
+
+    ``torch.cuda.synchronize`` records cuDNN's and cuBLAS's float32 settings at each
+    call; ``jax.experimental.rnn.lstm`` is the cuDNN binding's contract computed by its
+    ``lstm_ref`` (through ``unpack_lstm_weights``), recording JAX's matmul precision
+    while traced. Returns the records.
+    """
+    record = types.SimpleNamespace(syncs=[], lstm_precisions=[])
+    device = bench.Device("gpu", jax.devices("cpu")[0], "cpu")
+    monkeypatch.setattr(cli, "select_device", lambda requested: device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake H200 (torch)")
+
+    def synchronize():
+        matmul = torch.get_float32_matmul_precision()
+        record.syncs.append((torch.backends.cudnn.allow_tf32, matmul))
+
+    def lstm(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers, *rest):
+        dropout, bidirectional, precision = rest
+        assert precision is None
+        record.lstm_precisions.append(jax.config.jax_default_matmul_precision)
+        unpacked = rnn.unpack_lstm_weights(
+            weights, input_size, hidden_size, num_layers, bidirectional
+        )
+        return rnn.lstm_ref(
+            x,
+            h_0,
+            c_0,
+            *unpacked,
+            seq_lengths,
+            input_size,
+            hidden_size,
+            num_layers,
+            dropout,
+            bidirectional,
+        )
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(rnn, "lstm", lstm)
+    return record
+
+
+def test_a_gpu_run_checks_exactly_times_at_the_defaults_and_synchronises(
+    fake_gpu, tmp_path, capsys
+):
+    configs = f"{TINY},5:3:4:5:2:bidir:varlen"
+    path = tmp_path / "rows.json"
+    bench.main(
+        ["--configs", configs, "--peers", "torch,jax-rnn", "--reps", "2", "--json", str(path)]
+    )
+    rows = json.loads(path.read_text())
+    assert {(r["system"], r["config"]) for r in rows if r["median_ms"] is None} == set()
+    assert {(r["system"], r["dtype"]) for r in rows} == {
+        (s, "float32") for s in ("jaxlstm", "torch", "jax-rnn")
+    }
+    cpu_kind = jax.devices("cpu")[0].device_kind
+    assert {(r["gpu"], r["torch_gpu"]) for r in rows} == {(cpu_kind, "Fake H200 (torch)")}
+    # The peak: torch.mm at cuDNN's TF32 default. Every checked call: TF32 off; timed: on.
+    settings = set(fake_gpu.syncs)
+    assert settings == {(True, "high"), (False, "highest"), (True, "highest")}
+    assert fake_gpu.syncs[0] == (True, "high")
+    assert fake_gpu.syncs.count((False, "highest")) == 2 * 2  # 2 passes, 2 configs
+    # jax-rnn's cuDNN binding, traced for the check in float32, for timing at the default.
+    assert fake_gpu.lstm_precisions == ["float32", "float32", None, None] * 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"jaxlstm-bench on {cpu_kind} (GPU; host ")
+    assert "torch.nn.LSTM on CUDA (cuDNN)" in out
+    assert "jax.experimental.rnn.lstm (cuDNN)" in out
+    assert "the check before timing computed them in full float32" in out
+
+
+def test_a_gpu_run_in_bfloat16(fake_gpu, tmp_path, capsys):
+    path = tmp_path / "rows.json"
+    argv = ["--quick", "--configs", TINY, "--peers", "torch,jax-rnn", "--dtype", "bfloat16"]
+    bench.main([*argv, "--json", str(path)])
+    rows = json.loads(path.read_text())
+    assert {(r["system"], r["dtype"], r["median_ms"] is None) for r in rows} == {
+        ("jaxlstm", "bfloat16", False),
+        ("torch", "bfloat16", False),  # cuDNN in bfloat16, not the float32 reference
+        ("jax-rnn", "bfloat16", True),
+    }
+    out = capsys.readouterr().out
+    assert "jax-rnn on 4:2:3:5 is n/a: jax.experimental.rnn.lstm (cuDNN) computes in " in out
+    assert "torch bfloat16" in out  # its matmul peak
+    assert "PyTorch (cuDNN) compute in bfloat16" in out
+
+
+def test_torch_without_cuda_is_skipped_on_a_gpu(monkeypatch):
+    gpu = bench.Device("gpu", jax.devices("cpu")[0], "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "sees no CUDA device" in bench.PEERS["torch"].unavailable(gpu)
+    assert bench.PEERS["torch"].unavailable(bench.select_device("cpu")) is None
+
+
+def test_a_peer_that_fails_here_is_na_with_its_error(monkeypatch, tmp_path):
+    def broken(config, problem):
+        raise RuntimeError("no kernel for this device\nmore detail")
+
+    peer = bench.Peer("broken", "jax", "jax", "jax", "always fails", broken)
+    monkeypatch.setitem(bench.PEERS, "broken", peer)
+    path = tmp_path / "rows.json"
+    bench.main(["--quick", "--configs", TINY, "--peers", "broken", "--json", str(path)])
+    notes = {r["note"] for r in json.loads(path.read_text()) if r["system"] == "broken"}
+    assert notes == {"n/a: failed here: RuntimeError: no kernel for this device"}

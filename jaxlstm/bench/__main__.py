@@ -1,0 +1,5 @@
+"""``python -m jaxlstm.bench``: the ``jaxlstm-bench`` command."""
+
+from jaxlstm.bench.cli import main
+
+main()
