@@ -215,6 +215,8 @@ def _check_cell_hx(hx, lead: tuple[int, ...], hidden: int) -> tuple[Array, Array
     out = []
     for i, s in enumerate(hx):
         s = check_floating(f"hx[{i}]", s)
+        if s.ndim not in (1, 2):  # PyTorch's words
+            raise ValueError(f"LSTMCell: Expected hx[{i}] to be 1D or 2D, got {s.ndim}D instead")
         if s.ndim != len(lead) + 1:
             raise ValueError(
                 f"LSTMCell: Expected hx[{i}] to be {len(lead) + 1}D like the input, "

@@ -30,13 +30,23 @@ def concrete(x: Any) -> np.ndarray | None:
         return None
 
 
-def check_int(name: str, value: Any, *, minimum: int) -> None:
-    """Requires a Python/numpy integer ``>= minimum`` (bools refused)."""
+def check_int(name: str, value: Any, *, minimum: int | None) -> None:
+    """Requires a Python/numpy integer ``>= minimum`` (bools refused; ``None``: any)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         words = "greater than zero" if minimum == 1 else f"at least {minimum}"
         raise ValueError(f"{name} must be {words}, got {value}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Requires a Python ``bool`` (PyTorch's words: ``bias should be of type bool, got: str``).
+
+    As PyTorch's ``isinstance(value, bool)``: ``0``, ``1``, ``numpy.bool_`` and strings are
+    refused, so that ``bias="False"`` can't silently mean ``True``.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
 def check_sizes(*, input_size: Any, hidden_size: Any, num_layers: Any = 1, proj_size: Any = 0):
@@ -103,8 +113,29 @@ def check_floating(name: str, x: Any) -> jax.Array:
     return x
 
 
+def is_torch(x: Any) -> bool:
+    """Whether ``x`` is a PyTorch object (read off its type's module: torch isn't imported)."""
+    return type(x).__module__.partition(".")[0] == "torch"
+
+
+def from_torch(x: Any) -> Any:
+    """A torch tensor as a numpy array (detached, on the CPU; bfloat16 kept as numpy's
+    ``ml_dtypes.bfloat16``); anything else as it is. Never imports torch."""
+    if not (is_torch(x) and hasattr(x, "detach")):
+        return x
+    x = x.detach().cpu()
+    if str(x.dtype) == "torch.bfloat16":  # numpy() has no bfloat16: go through float32
+        return x.float().numpy().astype(jnp.bfloat16)
+    return x.numpy()
+
+
 def as_array(name: str, x: Any, convert: Any = jnp.asarray) -> Any:
-    """``convert(x)``, refusing what is not array-like with an error naming ``name``."""
+    """``convert(x)``, refusing what is not array-like with an error naming ``name``.
+
+    Torch tensors are converted first (:func:`from_torch`), so ``requires_grad`` ones and
+    every dtype are accepted.
+    """
+    x = from_torch(x)
     try:
         x = convert(x)
     except (TypeError, ValueError):

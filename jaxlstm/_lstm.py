@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxlstm import _cudnn, _kernel
 from jaxlstm._checks import (
+    check_bool,
     check_dropout,
     check_floating,
     check_impl,
@@ -24,7 +25,7 @@ from jaxlstm._checks import (
     check_matmul_dtype,
     check_static,
 )
-from jaxlstm._packed import PackedSequence
+from jaxlstm._packed import PackedSequence, as_packed
 from jaxlstm._params import Config, Params, as_arrays, config_of
 from jaxlstm._scan import scan_layer
 
@@ -56,7 +57,8 @@ def lstm(
             :func:`~jaxlstm.init_params` or :func:`~jaxlstm.params_from_torch`; the
             configuration is read from it.
         input: ``(L, N, H_in)``; ``(N, L, H_in)`` with ``batch_first``; ``(L, H_in)``
-            for one unbatched sequence; or a :class:`~jaxlstm.PackedSequence`.
+            for one unbatched sequence; or a :class:`~jaxlstm.PackedSequence` (PyTorch's
+            is converted). Torch tensors are accepted wherever an array is.
         hx: optional ``(h_0, c_0)``, shapes ``(D*num_layers, N, H_out)`` and
             ``(D*num_layers, N, H)`` (no ``N`` axis when unbatched), slot
             ``layer*D + direction``; zeros when omitted. ``batch_first`` never applies.
@@ -103,8 +105,10 @@ def lstm(
         ((10, 4, 3), (2, 4, 3))
     """
     params = as_arrays(params)  # array-likes, e.g. nnx.Param or torch tensors
+    input = as_packed(input)  # PyTorch's own PackedSequence, converted
     cfg = config_of(params)
     check_static("batch_first", batch_first)
+    check_bool("batch_first", batch_first)
     check_impl(impl)
     check_key(key)
     if checkpoint_every is not None:

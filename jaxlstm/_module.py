@@ -3,11 +3,18 @@
 Each is a PyTree whose only leaves are its parameters; the configuration is static
 auxiliary data, so ``jax.jit(lambda m, x: m(x))(module, x)`` and ``jax.grad`` over a
 module work, and a new module with the same configuration does not retrace.
+
+Built without a ``key``, a facade draws one from jaxlstm's key stream, as PyTorch
+modules draw from its global generator: each gets fresh weights (two same-shaped layers
+never start identical), and :func:`manual_seed` makes a sequence of constructions
+reproducible, as ``torch.manual_seed`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import numbers
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -15,58 +22,164 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlstm._cell import lstm_cell
-from jaxlstm._checks import check_dropout, check_matmul_dtype, check_sizes
+from jaxlstm._checks import check_bool, check_dropout, check_matmul_dtype, check_sizes
 from jaxlstm._lstm import State, lstm
 from jaxlstm._packed import PackedSequence
 from jaxlstm._params import (
+    TORCH_NAME,
     CellParams,
     Params,
     check_state_dict,
     init_cell_params,
     init_params,
+    named_arrays,
     params_from_torch,
     params_to_torch,
 )
 
 Array = jax.Array
 
-DEFAULT_KEY = 0
-"""Seed of the key used when a module is built with ``key=None`` (so examples run)."""
+_INT64 = (-(2**63), 2**63)
+
+
+class _KeyStream:
+    """jaxlstm's key stream: the ``n``-th draw after ``manual_seed(s)`` is
+    ``jax.random.fold_in(jax.random.key(s), n)`` (the seed is 0 until set)."""
+
+    seed, counter = 0, itertools.count()
+
+    def draw(self) -> Array:
+        return jax.random.fold_in(jax.random.key(self.seed), next(self.counter))
+
+
+_stream = _KeyStream()
+
+
+def manual_seed(seed: int) -> None:
+    """Seeds the key stream that :class:`LSTM` and :class:`LSTMCell` draw from without ``key``.
+
+    As ``torch.manual_seed`` before building ``torch.nn`` modules: after
+    ``manual_seed(s)``, the same sequence of constructions gives the same weights. The
+    ``n``-th facade built without a ``key`` after it gets
+    ``jax.random.fold_in(jax.random.key(s), n)``. Until it is called the seed is 0, so a
+    program's weights are the same on every run. A facade given ``key=`` draws nothing.
+    The stream is for facades only: the functional core (:func:`~jaxlstm.init_params`)
+    always takes its key.
+
+    Args:
+        seed: an integer in ``[-2**63, 2**63)``.
+
+    Example:
+        >>> manual_seed(0)
+        >>> a, b = LSTM(5, 3), LSTM(5, 3)  # two layers, two different initial weights
+        >>> manual_seed(0)
+        >>> bool((LSTM(5, 3).params[0][0].w_ih == a.params[0][0].w_ih).all())
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if not _INT64[0] <= seed < _INT64[1]:
+        raise ValueError(f"seed must lie in [-2**63, 2**63), got {seed}")
+    _stream.seed, _stream.counter = int(seed), itertools.count()
 
 
 class IncompatibleKeys(NamedTuple):
-    """What ``load_state_dict`` returns, as PyTorch (always empty: loading is strict)."""
+    """What ``load_state_dict`` returns, as PyTorch: the keys it did not load (with
+    ``strict=False``; always empty when strict)."""
 
     missing_keys: list[str]
     unexpected_keys: list[str]
 
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"  # PyTorch's
+        return (
+            f"IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+            f"unexpected_keys={self.unexpected_keys!r})"
+        )
+
 
 def _key(key: Array | None) -> Array:
-    return jax.random.key(DEFAULT_KEY) if key is None else key
+    return _stream.draw() if key is None else key
 
 
 class _Module:
     """State-dict plumbing shared by :class:`LSTM` and :class:`LSTMCell`."""
 
     params: Any
+    _static_fields: tuple[str, ...] = ()  # the options, read as attributes
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """PyTorch's ``state_dict``: PyTorch names to numpy arrays."""
         return params_to_torch(self.params)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> IncompatibleKeys:
-        """Loads PyTorch-named arrays in place, strictly, cast to this module's dtype.
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> IncompatibleKeys:
+        """Loads PyTorch-named arrays in place, cast to this module's dtype (PyTorch's
+        ``load_state_dict``; the one way to set weights by their PyTorch names).
+
+        Args:
+            state_dict: PyTorch names to numpy arrays, JAX arrays or torch tensors.
+            strict: when ``True`` (default), a missing or unexpected key is refused;
+                when ``False``, the keys that match are loaded, the others are reported.
+
+        Returns:
+            ``IncompatibleKeys(missing_keys, unexpected_keys)``, as PyTorch's.
 
         Raises:
-            ValueError: on a missing, unexpected or mis-shaped key (named).
+            ValueError: on a mis-shaped key, or (``strict``) a missing or unexpected one
+                (named).
         """
+        check_bool("strict", strict)
         current = params_to_torch(self.params)
-        check_state_dict(state_dict, {k: v.shape for k, v in current.items()})
-        dtype = next(iter(current.values())).dtype
-        self.params = jax.tree_util.tree_map(
-            lambda a: a.astype(dtype), params_from_torch(state_dict)
+        missing, unexpected = check_state_dict(
+            state_dict, {k: v.shape for k, v in current.items()}, strict=strict
         )
-        return IncompatibleKeys([], [])
+        loaded = {k: state_dict.get(k, v) for k, v in current.items()}
+        dtype = next(iter(current.values())).dtype
+        self.params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params_from_torch(loaded))
+        return IncompatibleKeys(missing, unexpected)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        """PyTorch's ``named_parameters()``: ``(name, array)`` in PyTorch's order.
+
+        Args:
+            prefix: prepended to each name with a dot (``"lstm"`` -> ``"lstm.weight_ih_l0"``).
+
+        Yields:
+            ``(name, array)``: ``weight_ih_l0 (4H, H_in)``, ``weight_hh_l0 (4H, H_out)``, ...,
+            the JAX arrays of :attr:`params` (read-only views: set weights with
+            :meth:`load_state_dict` or by replacing ``params``).
+        """
+        for name, array in named_arrays(self.params).items():
+            yield (f"{prefix}.{name}" if prefix else name), array
+
+    def parameters(self) -> Iterator[Array]:
+        """PyTorch's ``parameters()``: the arrays of :meth:`named_parameters`, same order."""
+        for _, array in self.named_parameters():
+            yield array
+
+    def __getattr__(self, name: str) -> Any:
+        """The options (``hidden_size``, ...) and the weights by PyTorch's names
+        (``weight_ih_l0``, ``bias_hh_l1_reverse``, ``weight_hr_l0``, ``weight_ih``, ...)."""
+        if name in self._static_fields:
+            return getattr(self._static, name)
+        if not name.startswith("_") and name != "params":
+            weights = named_arrays(self.params)
+            if name in weights:
+                return weights[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._static_fields or TORCH_NAME.fullmatch(name):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is read-only: the module is an immutable "
+                "PyTree configuration; load weights by PyTorch name with "
+                "load_state_dict({...}, strict=False), or replace .params "
+                "(params[layer][direction].w_ih, ...)"
+            )
+        object.__setattr__(self, name, value)
 
     def tree_flatten(self):
         return (self.params,), self._static
@@ -125,15 +238,22 @@ class LSTM(_Module):
             applied only when the call is given a ``key`` (PyTorch's ``train()``).
         bidirectional: run each layer both ways (``D = 2``).
         proj_size: ``P > 0`` projects ``h`` to size ``P``.
-        key: a ``jax.random`` key for the initial weights; ``None`` uses
-            ``jax.random.key(DEFAULT_KEY)`` (``0``).
+        key: a ``jax.random`` key for the initial weights; ``None`` draws a fresh one
+            from jaxlstm's key stream (see :func:`~jaxlstm.manual_seed`), so two modules
+            built without keys get different weights.
         dtype: dtype of the weights.
         matmul_dtype: opt-in reduced-precision matmuls, e.g. ``jnp.bfloat16`` (see
             :func:`~jaxlstm.lstm`); ``None`` computes PyTorch's numbers.
 
+    ``bias``, ``batch_first`` and ``bidirectional`` must be of type ``bool`` (PyTorch's
+    ``TypeError: bias should be of type bool, got: str``).
+
     Attributes:
         params: ``params[layer][direction]`` of :class:`~jaxlstm.LayerParams`, the only
             PyTree leaves.
+        weight_ih_l0: and every other PyTorch name (``weight_hh_l0_reverse``,
+            ``bias_ih_l1``, ``weight_hr_l0``, ...): that array of :attr:`params`,
+            read-only (see also :meth:`named_parameters` and :attr:`all_weights`).
 
     Example:
         >>> lstm = LSTM(input_size=5, hidden_size=3)
@@ -141,6 +261,8 @@ class LSTM(_Module):
         >>> hs.shape
         (10, 1, 3)
     """
+
+    _static_fields = _LSTMOptions._fields
 
     def __init__(
         self,
@@ -157,6 +279,9 @@ class LSTM(_Module):
         dtype: Any = jnp.float32,
         matmul_dtype: Any = None,
     ):
+        check_bool("bias", bias)  # PyTorch's checks, in PyTorch's order
+        check_bool("batch_first", batch_first)
+        check_bool("bidirectional", bidirectional)  # PyTorch takes any truthy value here
         check_sizes(
             input_size=input_size,
             hidden_size=hidden_size,
@@ -170,10 +295,10 @@ class LSTM(_Module):
             input_size,
             hidden_size,
             num_layers,
-            bool(bias),
-            bool(batch_first),
+            bias,
+            batch_first,
             dropout,
-            bool(bidirectional),
+            bidirectional,
             proj_size,
             matmul_dtype,
         )
@@ -242,10 +367,11 @@ class LSTM(_Module):
             if getattr(o, name) != getattr(defaults, name):
                 yield f"{name}={getattr(o, name)}"
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _LSTMOptions._fields:
-            return getattr(self._static, name)
-        raise AttributeError(f"'LSTM' object has no attribute {name!r}")
+    @property
+    def all_weights(self) -> list[list[Array]]:
+        """PyTorch's ``all_weights``: per layer and direction, its arrays in PyTorch's order
+        (``w_ih, w_hh[, b_ih, b_hh][, w_hr]``)."""
+        return [[a for a in p if a is not None] for layer in self.params for p in layer]
 
 
 class _CellOptions(NamedTuple):
@@ -262,12 +388,14 @@ class LSTMCell(_Module):
         input_size: ``H_in``.
         hidden_size: ``H``.
         bias: whether to have ``b_ih`` and ``b_hh``.
-        key: a ``jax.random`` key for the weights; ``None`` uses
-            ``jax.random.key(DEFAULT_KEY)``.
+        key: a ``jax.random`` key for the weights; ``None`` draws a fresh one from
+            jaxlstm's key stream (see :func:`~jaxlstm.manual_seed`).
         dtype: dtype of the weights.
 
     Attributes:
         params: :class:`~jaxlstm.CellParams`.
+        weight_ih: and ``weight_hh``, ``bias_ih``, ``bias_hh``: PyTorch's names for the
+            arrays of :attr:`params`, read-only.
 
     Example:
         >>> cell = LSTMCell(10, 20)
@@ -275,6 +403,8 @@ class LSTMCell(_Module):
         >>> h.shape
         (3, 20)
     """
+
+    _static_fields = _CellOptions._fields
 
     def __init__(
         self,
@@ -285,8 +415,9 @@ class LSTMCell(_Module):
         key: Array | None = None,
         dtype: Any = jnp.float32,
     ):
+        check_bool("bias", bias)  # PyTorch takes any truthy value here
         check_sizes(input_size=input_size, hidden_size=hidden_size)
-        self._static = _CellOptions(input_size, hidden_size, bool(bias))
+        self._static = _CellOptions(input_size, hidden_size, bias)
         self.params: CellParams = init_cell_params(
             _key(key), input_size, hidden_size, bias=bias, dtype=dtype
         )
@@ -299,8 +430,3 @@ class LSTMCell(_Module):
         yield f"{self._static.input_size}, {self._static.hidden_size}"
         if not self._static.bias:
             yield "bias=False"
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _CellOptions._fields:
-            return getattr(self._static, name)
-        raise AttributeError(f"'LSTMCell' object has no attribute {name!r}")

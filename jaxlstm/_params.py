@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm._checks import as_array, check_sizes
+from jaxlstm._checks import as_array, check_bool, check_sizes, from_torch
 
 Array = jax.Array
 
@@ -257,9 +257,9 @@ def init_params(
         num_layers=num_layers,
         proj_size=proj_size,
     )
-    cfg = Config(
-        input_size, hidden_size, num_layers, 2 if bidirectional else 1, bool(bias), proj_size
-    )
+    check_bool("bias", bias)
+    check_bool("bidirectional", bidirectional)
+    cfg = Config(input_size, hidden_size, num_layers, 2 if bidirectional else 1, bias, proj_size)
     bound = 1.0 / math.sqrt(hidden_size)
     keys = iter(jax.random.split(key, num_layers * cfg.num_directions * 5))
     return tuple(
@@ -310,6 +310,8 @@ _FIELD_TO_TORCH = {
     "w_hr": "weight_hr",
 }
 _LAYER_KEY = re.compile(r"_l(\d+)(_reverse)?$")
+TORCH_NAME = re.compile(r"(weight|bias)_(ih|hh|hr)(_l\d+(_reverse)?)?")
+"""Matches every PyTorch parameter name of an LSTM or LSTMCell (``weight_ih_l0``, ...)."""
 
 
 def _torch_key(field: str, layer: int | None, direction: int = 0) -> str:
@@ -318,14 +320,26 @@ def _torch_key(field: str, layer: int | None, direction: int = 0) -> str:
     return f"{_FIELD_TO_TORCH[field]}_l{layer}{'_reverse' if direction else ''}"
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """numpy array of a numpy/JAX array or a torch tensor, without importing torch."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            return np.asarray(value.float().numpy()).astype(jnp.bfloat16)
-        return value.numpy()
-    return np.asarray(value)
+def named_arrays(params: Params | CellParams) -> dict[str, Array]:
+    """``params``' arrays under PyTorch's names, in PyTorch's order (``named_parameters``).
+
+    Returns:
+        ``dict[str, Array]``: ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+        ``bias_hh_l0``, ``weight_hr_l0``, then ``..._l0_reverse`` and the next layers (only
+        the arrays that exist); for :class:`CellParams`, ``weight_ih``, ``weight_hh``,
+        ``bias_ih``, ``bias_hh``. The arrays themselves, not copies.
+    """
+    if isinstance(params, CellParams):
+        check_cell_params(params)
+        return {_torch_key(f, None): v for f, v in params._asdict().items() if v is not None}
+    config_of(params)
+    return {
+        _torch_key(f, k, d): v
+        for k, layer in enumerate(params)
+        for d, p in enumerate(layer)
+        for f, v in p._asdict().items()
+        if v is not None
+    }
 
 
 def params_to_torch(params: Params | CellParams) -> dict[str, np.ndarray]:
@@ -338,19 +352,7 @@ def params_to_torch(params: Params | CellParams) -> dict[str, np.ndarray]:
         PyTorch's order. Load into PyTorch with
         ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
     """
-    if isinstance(params, CellParams):
-        check_cell_params(params)
-        return {
-            _torch_key(f, None): np.array(v) for f, v in params._asdict().items() if v is not None
-        }
-    config_of(params)
-    return {
-        _torch_key(f, k, d): np.array(v)
-        for k, layer in enumerate(params)
-        for d, p in enumerate(layer)
-        for f, v in p._asdict().items()
-        if v is not None
-    }
+    return {name: np.array(v) for name, v in named_arrays(params).items()}
 
 
 def params_from_torch(state_dict: Mapping[str, Any]) -> Params | CellParams:
@@ -434,22 +436,27 @@ def _state_arrays(state_dict: Any) -> dict[str, np.ndarray]:
     for k in state_dict:
         if not isinstance(k, str):
             raise TypeError(f"state_dict keys must be PyTorch's names (str), got {k!r}")
-    return {k: _to_numpy(v) for k, v in state_dict.items()}
+    return {k: np.asarray(from_torch(v)) for k, v in state_dict.items()}
 
 
 def check_state_dict(
-    state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]
-) -> None:
+    state_dict: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], *, strict: bool = True
+) -> tuple[list[str], list[str]]:
     """Refuses missing, unexpected, mis-shaped or non-floating keys, by name (PyTorch's words).
 
     Args:
         state_dict: PyTorch names to arrays (numpy, JAX or torch).
         expected: PyTorch names to the shapes they must have.
+        strict: as PyTorch's ``load_state_dict``: when ``False``, missing and unexpected
+            keys are returned instead of refused (the keys present are still checked).
+
+    Returns:
+        ``(missing_keys, unexpected_keys)``, both empty when ``strict``.
     """
     arrays = _state_arrays(state_dict)
     missing = [k for k in expected if k not in arrays]
     unexpected = [k for k in arrays if k not in expected]
-    if missing or unexpected:
+    if strict and (missing or unexpected):
         raise ValueError(
             "Error(s) in loading state_dict: "
             + "; ".join(
@@ -459,6 +466,8 @@ def check_state_dict(
             )
         )
     for k, shape in expected.items():
+        if k not in arrays:
+            continue
         if tuple(arrays[k].shape) != shape:
             raise ValueError(
                 f"size mismatch for {k}: copying a param with shape {tuple(arrays[k].shape)} "
@@ -466,3 +475,4 @@ def check_state_dict(
             )
         if not jnp.issubdtype(arrays[k].dtype, jnp.floating):
             raise TypeError(f"state_dict[{k!r}] must be floating point, got {arrays[k].dtype}")
+    return missing, unexpected

@@ -12,6 +12,9 @@ Differences from PyTorch, all deliberate:
   unpacks to an empty ``(0, *)`` array, and pads to ``padding_value``.
 * Sorting by length is stable (ties keep the caller's order), as PyTorch's is whenever
   the lengths are distinct or ``N <= 16``.
+* Torch tensors are accepted wherever an array is, and PyTorch's own ``PackedSequence``
+  wherever a packed sequence is (converted; torch is never imported otherwise); the
+  results are JAX arrays and jaxlstm ``PackedSequence``s.
 * Under ``jax.jit`` (traced lengths) the padded length of :func:`pad_packed_sequence`
   is the packed sequence's padded length, which equals ``max(lengths)`` whenever the
   lengths were concrete at packing time; ``enforce_sorted`` and range checks need
@@ -20,15 +23,21 @@ Differences from PyTorch, all deliberate:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm._checks import as_array, check_int, check_lengths, check_number, concrete
-from jaxlstm._packed import PackedSequence
+from jaxlstm._checks import (
+    as_array,
+    check_int,
+    check_lengths,
+    check_number,
+    concrete,
+)
+from jaxlstm._packed import PackedSequence, as_packed
 
 Array = jax.Array
 
@@ -60,8 +69,11 @@ def pack_padded_sequence(
     """Packs a padded batch of variable-length sequences.
 
     Args:
-        input: ``(L, N, *)``, or ``(N, L, *)`` with ``batch_first``.
-        lengths: ``(N,)`` integers (list or array) in ``[0, L]``, in the batch's order.
+        input: ``(L, N, *)``, or ``(N, L, *)`` with ``batch_first``. ``N = 0`` or an
+            empty ``*`` is refused (PyTorch's ``Cannot pack empty tensors.``); ``L = 0``
+            is a batch of length-0 sequences, allowed as length 0 is.
+        lengths: ``(N,)`` integers (list, array or torch tensor) in ``[0, L]``, in the
+            batch's order.
         batch_first: whether ``input`` is batch-major.
         enforce_sorted: when ``True``, ``lengths`` must be in decreasing order (checked
             when concrete) and ``sorted_indices`` is ``None``, as in PyTorch.
@@ -81,6 +93,8 @@ def pack_padded_sequence(
         )
     if batch_first:
         x = jnp.swapaxes(x, 0, 1)  # (N, L, *) -> (L, N, *)
+    if x.shape[1] == 0 or 0 in x.shape[2:]:  # no sequences, or no features: PyTorch's words
+        raise ValueError("Cannot pack empty tensors.")
     lengths = check_lengths(lengths, batch=x.shape[1], max_len=x.shape[0])
     values = concrete(lengths)
     if values is not None:
@@ -103,7 +117,7 @@ def pad_packed_sequence(
     """Unpacks a :class:`PackedSequence` into a padded batch (the inverse of packing).
 
     Args:
-        sequence: the packed batch.
+        sequence: the packed batch (jaxlstm's, or PyTorch's, converted).
         batch_first: return ``(N, T, *)`` instead of ``(T, N, *)``.
         padding_value: the value past each length.
         total_length: pad to this many steps; at least the longest length.
@@ -112,6 +126,7 @@ def pad_packed_sequence(
         ``(padded, lengths)``: ``padded (T, N, *)`` (or ``(N, T, *)``) with
         ``T = total_length or max(lengths)``, and ``lengths (N,)`` in the caller's order.
     """
+    sequence = as_packed(sequence)
     if not isinstance(sequence, PackedSequence):
         raise TypeError(f"sequence must be a PackedSequence, got {type(sequence).__name__}")
     check_number("padding_value", padding_value)
@@ -119,8 +134,8 @@ def pad_packed_sequence(
     values = concrete(lengths)
     longest = x.shape[0] if values is None else int(values.max(initial=0))
     if total_length is not None:
-        check_int("total_length", total_length, minimum=0)
-        if total_length < longest:
+        check_int("total_length", total_length, minimum=None)
+        if total_length < longest:  # negative ones too, as PyTorch
             raise ValueError(
                 "Expected total_length to be at least the length of the longest sequence "
                 f"in input, but got total_length={total_length} and max sequence length "
@@ -138,7 +153,7 @@ def pad_packed_sequence(
 
 
 def pad_sequence(
-    sequences: Sequence[Array],
+    sequences: Iterable[Array] | Array,
     batch_first: bool = False,
     padding_value: float = 0.0,
     padding_side: str = "right",
@@ -146,7 +161,8 @@ def pad_sequence(
     """Stacks variable-length sequences into one padded array.
 
     Args:
-        sequences: ``N`` arrays of shape ``(L_i, *)`` with the same trailing shape.
+        sequences: ``N`` arrays of shape ``(L_i, *)`` with the same trailing shape (any
+            iterable), or one ``(N, L, *)`` array, iterated over its first axis, as PyTorch.
         batch_first: return ``(N, L, *)`` instead of ``(L, N, *)``; ``L = max(L_i)``.
         padding_value: the value of the padding.
         padding_side: ``"right"`` (padding after each sequence) or ``"left"`` (before).
@@ -172,8 +188,10 @@ def pad_sequence(
     return jnp.stack([pad(s) for s in seqs], axis=0 if batch_first else 1)
 
 
-def pack_sequence(sequences: Sequence[Array], enforce_sorted: bool = True) -> PackedSequence:
-    """Packs a list of variable-length sequences ``(L_i, *)``.
+def pack_sequence(
+    sequences: Iterable[Array] | Array, enforce_sorted: bool = True
+) -> PackedSequence:
+    """Packs a list of variable-length sequences ``(L_i, *)`` (or an ``(N, L, *)`` array).
 
     Equivalent to ``pack_padded_sequence(pad_sequence(sequences), [len(s) for s in
     sequences], enforce_sorted=enforce_sorted)``.
@@ -190,7 +208,8 @@ def pack_sequence(sequences: Sequence[Array], enforce_sorted: bool = True) -> Pa
 
 
 def unpack_sequence(packed_sequences: PackedSequence) -> list[Array]:
-    """The list of sequences ``(L_i, *)`` in a :class:`PackedSequence`, caller's order."""
+    """The list of sequences ``(L_i, *)`` in a :class:`PackedSequence` (jaxlstm's or
+    PyTorch's), in the caller's order."""
     padded, lengths = pad_packed_sequence(packed_sequences, batch_first=True)
     return unpad_sequence(padded, lengths, batch_first=True)
 
@@ -219,13 +238,21 @@ def unpad_sequence(padded_sequences: Array, lengths: Any, batch_first: bool = Fa
 
 
 def _as_sequence_list(sequences: Any) -> list[Array]:
-    if isinstance(sequences, PackedSequence) or not isinstance(sequences, (list, tuple)):
+    """The sequences of a list (any iterable) of arrays or of one stacked array."""
+    if isinstance(sequences, PackedSequence):
         raise TypeError(
-            f"sequences must be a list of arrays (L_i, *), got {type(sequences).__name__}"
+            "sequences must be a list of arrays (L_i, *), got a PackedSequence (unpack it "
+            "with unpack_sequence or pad_packed_sequence)"
         )
-    if not sequences:
-        raise ValueError("sequences must hold at least one sequence, got an empty list")
+    if not isinstance(sequences, Iterable):
+        raise TypeError(  # PyTorch's words
+            "pad_sequence: Expected iterable for input sequences, but got arg of type: "
+            f"{type(sequences)}"
+        )
+    # A list, any iterable, or one (N, L, *) array (iterated over its rows, as PyTorch).
     seqs = [as_array(f"sequences[{i}]", s) for i, s in enumerate(sequences)]
+    if not seqs:
+        raise ValueError("received an empty list of sequences")  # PyTorch's words
     trailing = {s.shape[1:] for s in seqs}
     if any(s.ndim < 1 for s in seqs) or len(trailing) != 1:
         raise ValueError(

@@ -42,6 +42,7 @@ PAGES_WITH_CODE = {
     "distributed.md",
     "export.md",
     "performance.md",
+    "recipes.md",
 }
 TIMEOUT_S = 600
 # The pages compile many small programs and run them once: LLVM's optimisations cost

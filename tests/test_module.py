@@ -1,6 +1,7 @@
 """The ``jl.LSTM`` / ``jl.LSTMCell`` facades against ``torch.nn.LSTM`` / ``torch.nn.LSTMCell``.
 
-Constructor defaults, attributes and ``repr`` as PyTorch's; ``key=None`` reproducible;
+Constructor defaults, attributes and ``repr`` as PyTorch's; ``key=None`` seeded by
+``jl.manual_seed``;
 ``state_dict()`` with PyTorch's names, order and shapes; ``load_state_dict`` in place from
 a PyTorch state dict (tensors), giving PyTorch's outputs; the round trip through PyTorch;
 and every call form (time-major, ``batch_first``, ``lengths=``, ``PackedSequence``,
@@ -115,12 +116,16 @@ def test_cell_repr_as_torch(args, kwargs):
     ids=["LSTM", "LSTMCell"],
 )
 def test_key_none_is_reproducible(make):
-    """``key=None`` is the documented ``jax.random.key(0)``; other keys differ."""
+    """``key=None`` draws from jaxlstm's stream: fresh weights per module, the same
+    sequence after the same ``manual_seed``; an explicit key draws nothing."""
+    jl.manual_seed(0)
     first, second = make().state_dict(), make().state_dict()
-    assert_state_dicts_equal(first, second)
-    assert_state_dicts_equal(first, make(key=jax.random.key(0)).state_dict())
-    other = make(key=jax.random.key(1)).state_dict()
-    assert all(not np.array_equal(first[name], other[name]) for name in first)
+    jl.manual_seed(0)
+    assert_state_dicts_equal(first, make().state_dict())
+    given = make(key=jax.random.key(1)).state_dict()  # draws nothing from the stream
+    assert_state_dicts_equal(second, make().state_dict())
+    for other in (second, given):
+        assert all(not np.array_equal(first[name], other[name]) for name in first)
 
 
 # ------------------------------------------------------------------ state dicts
