@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxlstm._linear_pair import linear_pair, varying
+from jaxlstm._linear_pair import accelerated, varying
 
 Array = jax.Array
 
@@ -276,7 +276,7 @@ def layer(
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
     spec = _Spec(mode, reference, matmul_dtype)
-    y, h_n, c_n = _layer(x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32), spec)
+    y, h_n, c_n = _layer((x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32)), spec)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
 
@@ -369,37 +369,27 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
     return (*out[:3], *(tuple(out[i : i + dirs]) for i in (3, 5, 7)))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(7,))
-def _layer(x, w_ih, b, w_hh, h0, c0, lengths, spec):
-    """The layer in the kernel (:func:`layer`'s arguments, ``spec`` a :class:`_Spec`).
-
-    Its derivative (:func:`_layer_jvp`) is the forward loop that saves residuals, then
-    the tangent as a primitive whose transpose runs the kernel's backward loop: reverse
-    mode is the kernel's, and forward mode, second order and ``vmap`` compose with it.
-    """
-    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, spec.mode, save=False)
+def _run(operands, spec, save: bool):
+    """The kernel's forward loop over ``operands = (x, w_ih, b, w_hh, h0, c0, lengths)``
+    (:func:`_forward`): ``(y, h_n, c_n)``, with ``save`` and the residuals
+    ``(acts, cs, hp)``."""
+    out = _forward(*operands, spec.mode, save=save)
+    return (tuple(out[:3]), tuple(out[3:])) if save else tuple(out)
 
 
-@_layer.defjvp
-def _layer_jvp(spec, primals, tangents):
-    y, h_n, c_n, *saved = _saved(*primals, spec)
-    out = (y, h_n, c_n)
-    return out, _tangent((primals, tuple(saved)), tangents[:6], spec, out)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(7,))
-def _saved(x, w_ih, b, w_hh, h0, c0, lengths, spec):
-    """The kernel's forward loop with its residuals: ``(y, h_n, c_n, acts, cs, hp)``."""
-    return _forward(x, w_ih, b, w_hh, h0, c0, lengths, spec.mode, save=True)
-
-
-@_saved.defjvp
-def _saved_jvp(spec, primals, tangents):
-    """Second order: the results' tangents as :func:`_layer_jvp`'s; the residuals' are
-    zero, as the tangent primitives' own derivatives read the primals, never them."""
-    out = _saved(*primals, spec)
-    t_out = _tangent((primals, tuple(out[3:])), tangents[:6], spec, out[:3])
-    return out, (*t_out, *jax.tree.map(jnp.zeros_like, out[3:]))
+# The layer in the kernel (operands as :func:`_run`'s, ``spec`` a :class:`_Spec`). Its
+# derivative runs the forward loop that saves residuals, then the tangent as a primitive
+# (``jaxlstm_lstm_tangent``) whose transpose is the kernel's backward loop: reverse mode
+# is the kernel's, and forward mode, second order and ``vmap`` compose with it in plain
+# JAX (:attr:`_Spec.plain`). The loops are looked up at each call, so that tests can run
+# this structure on a CPU without the kernel.
+_layer = accelerated(
+    "jaxlstm_lstm_tangent",
+    lambda operands, spec, save: _run(operands, spec, save),
+    lambda residuals, cotangents, spec: _backward(residuals, cotangents, spec),
+    lambda operands, spec: spec.plain(*operands),
+    linear=6,
+)
 
 
 def _backward(residuals, cotangents, spec):
@@ -444,31 +434,6 @@ def _backward(residuals, cotangents, spec):
     d_w_hh = tuple(_weight_gradients([h.reshape(rows, -1) for h in hp], g))
     d_b = None if b is None else tuple(d.sum(0) for d in d_gates)
     return d_x, d_w_ih, d_b, d_w_hh, dh0, dc0
-
-
-def _plain_tangent(residuals, tangents, spec):
-    """Forward mode, in plain JAX: the tangents of ``(y, h_n, c_n)``."""
-    primals, _ = residuals
-    lengths = primals[6]
-    return jax.jvp(lambda *p: spec.plain(*p, lengths), primals[:6], tangents)[1]
-
-
-def _plain_backward(residuals, cotangents, spec):
-    """:func:`_backward` in plain JAX (the reverse mode of :attr:`_Spec.reference`)."""
-    primals, _ = residuals
-    lengths = primals[6]
-    return jax.vjp(lambda *p: spec.plain(*p, lengths), *primals[:6])[1](cotangents)
-
-
-# The tangent of the kernel's layer, whose transpose is the kernel's backward loop (looked
-# up at each call, so that tests can run this structure on a CPU without the kernel).
-_tangent = linear_pair(
-    "jaxlstm_lstm_tangent",
-    _plain_tangent,
-    _plain_tangent,
-    lambda residuals, cotangents, spec: _backward(residuals, cotangents, spec),
-    _plain_backward,
-)
 
 
 def _slots(per_direction: tuple[Array, ...]) -> list[Array]:
