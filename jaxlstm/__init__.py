@@ -4,8 +4,8 @@ Functional core: :func:`init_params`, :func:`lstm`, :func:`init_cell_params`,
 :func:`lstm_cell`. Packing (also as :mod:`jaxlstm.rnn`): :class:`PackedSequence`,
 :func:`pack_sequence`, :func:`pack_padded_sequence`, :func:`pad_packed_sequence`,
 :func:`pad_sequence`, :func:`unpack_sequence`, :func:`unpad_sequence`. Facades:
-:class:`LSTM`, :class:`LSTMCell`, drawing their weights from a key stream that
-:func:`manual_seed` seeds when built without a key. PyTorch weights:
+:class:`LSTM`, :class:`LSTMCell`, built with a ``key`` for their initial weights
+(``jl.LSTM(5, 3, key=jax.random.key(0))``). PyTorch weights:
 :func:`params_from_torch`, :func:`params_to_torch`. Checked traced lengths:
 :func:`checked_lengths`. This machine's setup: :func:`show_config` (``python -m jaxlstm``).
 """
@@ -14,7 +14,7 @@ from jaxlstm import _export, rnn
 from jaxlstm._cell import lstm_cell
 from jaxlstm._checks import checked_lengths
 from jaxlstm._lstm import lstm
-from jaxlstm._module import LSTM, LSTMCell, manual_seed
+from jaxlstm._module import LSTM, LSTMCell
 from jaxlstm._params import (
     CellParams,
     LayerParams,
@@ -50,7 +50,6 @@ __all__ = [
     "init_params",
     "lstm",
     "lstm_cell",
-    "manual_seed",
     "pack_padded_sequence",
     "pack_sequence",
     "pad_packed_sequence",

@@ -4,16 +4,14 @@ Each is a PyTree whose only leaves are its parameters; the configuration is stat
 auxiliary data, so ``jax.jit(lambda m, x: m(x))(module, x)`` and ``jax.grad`` over a
 module work, and a new module with the same configuration does not retrace.
 
-Built without a ``key``, a facade draws one from jaxlstm's key stream, as PyTorch
-modules draw from its global generator: each gets fresh weights (two same-shaped layers
-never start identical), and :func:`manual_seed` makes a sequence of constructions
-reproducible, as ``torch.manual_seed`` does.
+Construction needs a ``key`` for the initial weights (JAX's convention, as in equinox
+and flax nnx), where PyTorch draws from its global generator: a fixed default would give
+two same-shaped layers the same weights, so a missing key is a ``TypeError`` that shows
+the fix. Internal constructions (``tree_unflatten``, ``jax.export``) bypass ``__init__``.
 """
 
 from __future__ import annotations
 
-import itertools
-import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -39,49 +37,6 @@ from jaxlstm._params import (
 
 Array = jax.Array
 
-_INT64 = (-(2**63), 2**63)
-
-
-class _KeyStream:
-    """jaxlstm's key stream: the ``n``-th draw after ``manual_seed(s)`` is
-    ``jax.random.fold_in(jax.random.key(s), n)`` (the seed is 0 until set)."""
-
-    seed, counter = 0, itertools.count()
-
-    def draw(self) -> Array:
-        return jax.random.fold_in(jax.random.key(self.seed), next(self.counter))
-
-
-_stream = _KeyStream()
-
-
-def manual_seed(seed: int) -> None:
-    """Seeds the key stream that :class:`LSTM` and :class:`LSTMCell` draw from without ``key``.
-
-    As ``torch.manual_seed`` before building ``torch.nn`` modules: after
-    ``manual_seed(s)``, the same sequence of constructions gives the same weights. The
-    ``n``-th facade built without a ``key`` after it gets
-    ``jax.random.fold_in(jax.random.key(s), n)``. Until it is called the seed is 0, so a
-    program's weights are the same on every run. A facade given ``key=`` draws nothing.
-    The stream is for facades only: the functional core (:func:`~jaxlstm.init_params`)
-    always takes its key.
-
-    Args:
-        seed: an integer in ``[-2**63, 2**63)``.
-
-    Example:
-        >>> manual_seed(0)
-        >>> a, b = LSTM(5, 3), LSTM(5, 3)  # two layers, two different initial weights
-        >>> manual_seed(0)
-        >>> bool((LSTM(5, 3).params[0][0].w_ih == a.params[0][0].w_ih).all())
-        True
-    """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    if not _INT64[0] <= seed < _INT64[1]:
-        raise ValueError(f"seed must lie in [-2**63, 2**63), got {seed}")
-    _stream.seed, _stream.counter = int(seed), itertools.count()
-
 
 class IncompatibleKeys(NamedTuple):
     """What ``load_state_dict`` returns, as PyTorch: the keys it did not load (with
@@ -99,8 +54,15 @@ class IncompatibleKeys(NamedTuple):
         )
 
 
-def _key(key: Array | None) -> Array:
-    return _stream.draw() if key is None else key
+def _key(key: Array | None, example: str) -> Array:
+    """The key for a facade's initial weights; a missing one is refused with the fix."""
+    if key is None:
+        name = example.split("(", 1)[0]
+        raise TypeError(
+            f"{name} needs a key for its initial weights: jl.{example} (a fixed default "
+            "would give two same-shaped layers the same weights)"
+        )
+    return key
 
 
 class _Module:
@@ -238,9 +200,9 @@ class LSTM(_Module):
             applied only when the call is given a ``key`` (PyTorch's ``train()``).
         bidirectional: run each layer both ways (``D = 2``).
         proj_size: ``P > 0`` projects ``h`` to size ``P``.
-        key: a ``jax.random`` key for the initial weights; ``None`` draws a fresh one
-            from jaxlstm's key stream (see :func:`~jaxlstm.manual_seed`), so two modules
-            built without keys get different weights.
+        key: a ``jax.random`` key for the initial weights (required, keyword-only:
+            ``key=jax.random.key(0)``; give two layers two keys). Without it, a
+            ``TypeError`` shows the fix.
         dtype: dtype of the weights.
         matmul_dtype: opt-in reduced-precision matmuls, e.g. ``jnp.bfloat16`` (see
             :func:`~jaxlstm.lstm`); ``None`` computes PyTorch's numbers.
@@ -256,7 +218,7 @@ class LSTM(_Module):
             read-only (see also :meth:`named_parameters` and :attr:`all_weights`).
 
     Example:
-        >>> lstm = LSTM(input_size=5, hidden_size=3)
+        >>> lstm = LSTM(input_size=5, hidden_size=3, key=jax.random.key(0))
         >>> hs, (h_n, c_n) = lstm(jnp.ones((10, 1, 5)))
         >>> hs.shape
         (10, 1, 3)
@@ -303,7 +265,7 @@ class LSTM(_Module):
             matmul_dtype,
         )
         self.params: Params = init_params(
-            _key(key),
+            _key(key, f"LSTM({input_size}, {hidden_size}, key=jax.random.key(0))"),
             input_size,
             hidden_size,
             num_layers,
@@ -388,8 +350,8 @@ class LSTMCell(_Module):
         input_size: ``H_in``.
         hidden_size: ``H``.
         bias: whether to have ``b_ih`` and ``b_hh``.
-        key: a ``jax.random`` key for the weights; ``None`` draws a fresh one from
-            jaxlstm's key stream (see :func:`~jaxlstm.manual_seed`).
+        key: a ``jax.random`` key for the weights (required, keyword-only; without it,
+            a ``TypeError`` shows the fix).
         dtype: dtype of the weights.
 
     Attributes:
@@ -398,7 +360,7 @@ class LSTMCell(_Module):
             arrays of :attr:`params`, read-only.
 
     Example:
-        >>> cell = LSTMCell(10, 20)
+        >>> cell = LSTMCell(10, 20, key=jax.random.key(0))
         >>> h, c = cell(jnp.ones((3, 10)))
         >>> h.shape
         (3, 20)
@@ -419,7 +381,11 @@ class LSTMCell(_Module):
         check_sizes(input_size=input_size, hidden_size=hidden_size)
         self._static = _CellOptions(input_size, hidden_size, bias)
         self.params: CellParams = init_cell_params(
-            _key(key), input_size, hidden_size, bias=bias, dtype=dtype
+            _key(key, f"LSTMCell({input_size}, {hidden_size}, key=jax.random.key(0))"),
+            input_size,
+            hidden_size,
+            bias=bias,
+            dtype=dtype,
         )
 
     def __call__(self, input: Array, hx: State | None = None) -> State:

@@ -96,7 +96,9 @@ def test_same_key_same_result_different_key_different_result(model):
 
 def test_module_call_with_key_is_functional_dropout(model):
     params, x, hx = model
-    module = jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, 2, dropout=0.5, bidirectional=True)
+    module = jl.LSTM(
+        INPUT_SIZE, HIDDEN_SIZE, 2, dropout=0.5, bidirectional=True, key=jax.random.key(0)
+    )
     module.params = params
     key = jax.random.key(4)
     with_key = jax.jit(lambda m, x, hx, key: m(x, hx, key=key))(module, x, hx, key)
@@ -120,7 +122,7 @@ def test_one_layer_warns_like_torch_and_ignores_dropout():
     with pytest.warns(UserWarning, match=ONE_LAYER_WARNING):
         torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, 1, dropout=0.5)
     with pytest.warns(UserWarning, match=ONE_LAYER_WARNING):
-        jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, 1, dropout=0.5)
+        jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, 1, dropout=0.5, key=jax.random.key(0))
     params = make_params(1)
     x, hx = make_inputs(params)
     with pytest.warns(UserWarning, match=ONE_LAYER_WARNING):

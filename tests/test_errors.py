@@ -223,7 +223,9 @@ LENGTHS_CASES = [
     ),
     case(
         "module-too-many",
-        lambda: jl.LSTM(INPUT_SIZE, HIDDEN_SIZE)(x(), lengths=np.array([5, 3, 1])),
+        lambda: jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, key=jax.random.key(0))(
+            x(), lengths=np.array([5, 3, 1])
+        ),
         ValueError,
         r"Expected `len\(lengths\)` to be equal to batch_size, but got 3 \(batch_size=2\)",
     ),
@@ -382,7 +384,7 @@ def test_cell_call_errors(call, error, match):
         match,
         lambda: call(_torch_cell()),
     )
-    check(lambda: call(jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE)), error, match)
+    check(lambda: call(jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE, key=jax.random.key(0))), error, match)
 
 
 def test_cell_integer_input():
@@ -483,9 +485,9 @@ def test_state_dict_errors_name_the_key(state_dict, damage, name, match):
         else torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS)
     )
     module = (
-        jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE)
+        jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE, key=jax.random.key(0))
         if is_cell
-        else jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS)
+        else jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, NUM_LAYERS, key=jax.random.key(0))
     )
     before = module.state_dict()
     check(

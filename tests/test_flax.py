@@ -434,7 +434,7 @@ def test_facade_read_as_an_nnx_param_says_what_to_use():
     with pytest.raises(TypeError, match=r"use jaxlstm\.flax\.LSTMCell"):
         cell[...]
     with pytest.raises(TypeError, match="'LSTM' object is not iterable"):
-        iter(jl.LSTM(H_IN, H))
+        iter(jl.LSTM(H_IN, H, key=jax.random.key(0)))
 
 
 def test_facade_held_as_an_nnx_param_fails_in_adam_as_documented():

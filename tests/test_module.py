@@ -1,12 +1,13 @@
 """The ``jl.LSTM`` / ``jl.LSTMCell`` facades against ``torch.nn.LSTM`` / ``torch.nn.LSTMCell``.
 
-Constructor defaults, attributes and ``repr`` as PyTorch's; ``key=None`` seeded by
-``jl.manual_seed``;
-``state_dict()`` with PyTorch's names, order and shapes; ``load_state_dict`` in place from
-a PyTorch state dict (tensors), giving PyTorch's outputs; the round trip through PyTorch;
-and every call form (time-major, ``batch_first``, ``lengths=``, ``PackedSequence``,
+Constructor defaults, attributes and ``repr`` as PyTorch's; a missing ``key`` refused
+with the fix; ``state_dict()`` with PyTorch's names, order and shapes; ``load_state_dict``
+in place from a PyTorch state dict (tensors), giving PyTorch's outputs; the round trip
+through PyTorch; and every call form (time-major, ``batch_first``, ``lengths=``, ``PackedSequence``,
 unbatched) against live PyTorch on the same weights.
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -75,17 +76,20 @@ def assert_state_dicts_equal(actual, expected):
 
 @pytest.mark.parametrize("args, kwargs", CONFIGS)
 def test_attributes_as_torch(args, kwargs):
-    lstm, reference = jl.LSTM(*args, **kwargs), torch.nn.LSTM(*args, **kwargs)
+    lstm, reference = (
+        jl.LSTM(*args, **kwargs, key=jax.random.key(0)),
+        torch.nn.LSTM(*args, **kwargs),
+    )
     for name in LSTM_OPTIONS:
         assert getattr(lstm, name) == getattr(reference, name), name
         assert type(getattr(lstm, name)) is type(getattr(reference, name)), name
 
 
 def test_defaults():
-    lstm = jl.LSTM(5, 3)
+    lstm = jl.LSTM(5, 3, key=jax.random.key(0))
     assert (lstm.num_layers, lstm.bias, lstm.batch_first, lstm.dropout) == (1, True, False, 0.0)
     assert (lstm.bidirectional, lstm.proj_size) == (False, 0)
-    cell = jl.LSTMCell(5, 3)
+    cell = jl.LSTMCell(5, 3, key=jax.random.key(0))
     assert (cell.input_size, cell.hidden_size, cell.bias) == (5, 3, True)
     for module in (lstm, cell):
         assert {leaf.dtype for leaf in jax.tree.leaves(module)} == {jnp.dtype(jnp.float32)}
@@ -95,19 +99,26 @@ def test_defaults():
 
 @pytest.mark.parametrize("args, kwargs", CELL_CONFIGS)
 def test_cell_attributes_as_torch(args, kwargs):
-    cell, reference = jl.LSTMCell(*args, **kwargs), torch.nn.LSTMCell(*args, **kwargs)
+    cell, reference = (
+        jl.LSTMCell(*args, **kwargs, key=jax.random.key(0)),
+        torch.nn.LSTMCell(*args, **kwargs),
+    )
     for name in ("input_size", "hidden_size", "bias"):
         assert getattr(cell, name) == getattr(reference, name), name
 
 
 @pytest.mark.parametrize("args, kwargs", CONFIGS)
 def test_repr_as_torch(args, kwargs):
-    assert repr(jl.LSTM(*args, **kwargs)) == repr(torch.nn.LSTM(*args, **kwargs))
+    assert repr(jl.LSTM(*args, **kwargs, key=jax.random.key(0))) == repr(
+        torch.nn.LSTM(*args, **kwargs)
+    )
 
 
 @pytest.mark.parametrize("args, kwargs", CELL_CONFIGS)
 def test_cell_repr_as_torch(args, kwargs):
-    assert repr(jl.LSTMCell(*args, **kwargs)) == repr(torch.nn.LSTMCell(*args, **kwargs))
+    assert repr(jl.LSTMCell(*args, **kwargs, key=jax.random.key(0))) == repr(
+        torch.nn.LSTMCell(*args, **kwargs)
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,17 +126,20 @@ def test_cell_repr_as_torch(args, kwargs):
     [lambda **kw: jl.LSTM(4, 3, 2, **kw), lambda **kw: jl.LSTMCell(4, 3, **kw)],
     ids=["LSTM", "LSTMCell"],
 )
-def test_key_none_is_reproducible(make):
-    """``key=None`` draws from jaxlstm's stream: fresh weights per module, the same
-    sequence after the same ``manual_seed``; an explicit key draws nothing."""
-    jl.manual_seed(0)
-    first, second = make().state_dict(), make().state_dict()
-    jl.manual_seed(0)
-    assert_state_dicts_equal(first, make().state_dict())
-    given = make(key=jax.random.key(1)).state_dict()  # draws nothing from the stream
-    assert_state_dicts_equal(second, make().state_dict())
-    for other in (second, given):
-        assert all(not np.array_equal(first[name], other[name]) for name in first)
+def test_key_is_required_and_decides_the_weights(make):
+    """No ``key`` is our ``TypeError`` with the fix (no hidden default: two same-shaped
+    layers would start identical); the same key gives the same weights, another key others."""
+    facade = type(make(key=jax.random.key(0))).__name__
+    fix = f"jl.{facade}(4, 3, key=jax.random.key(0))"
+    for missing in ({}, {"key": None}):
+        with pytest.raises(
+            TypeError, match=re.escape(f"{facade} needs a key for its initial weights: {fix}")
+        ):
+            make(**missing)
+    first = make(key=jax.random.key(0)).state_dict()
+    assert_state_dicts_equal(first, make(key=jax.random.key(0)).state_dict())
+    other = make(key=jax.random.key(1)).state_dict()
+    assert all(not np.array_equal(first[name], other[name]) for name in first)
 
 
 # ------------------------------------------------------------------ state dicts
@@ -133,7 +147,7 @@ def test_key_none_is_reproducible(make):
 
 @pytest.mark.parametrize("args, kwargs", CONFIGS)
 def test_state_dict_names_and_shapes_as_torch(args, kwargs):
-    state_dict = jl.LSTM(*args, **kwargs).state_dict()
+    state_dict = jl.LSTM(*args, **kwargs, key=jax.random.key(0)).state_dict()
     expected = torch.nn.LSTM(*args, **kwargs).state_dict()
     assert list(state_dict) == list(expected)  # names, in PyTorch's order
     for name, tensor in expected.items():
@@ -146,7 +160,7 @@ def test_state_dict_names_and_shapes_as_torch(args, kwargs):
 
 @pytest.mark.parametrize("args, kwargs", CELL_CONFIGS)
 def test_cell_state_dict_names_and_shapes_as_torch(args, kwargs):
-    state_dict = jl.LSTMCell(*args, **kwargs).state_dict()
+    state_dict = jl.LSTMCell(*args, **kwargs, key=jax.random.key(0)).state_dict()
     expected = torch.nn.LSTMCell(*args, **kwargs).state_dict()
     assert list(state_dict) == list(expected)
     for name, tensor in expected.items():
@@ -155,10 +169,10 @@ def test_cell_state_dict_names_and_shapes_as_torch(args, kwargs):
 
 @pytest.mark.usefixtures("x64")
 def test_state_dict_keeps_the_dtype():
-    lstm = jl.LSTM(3, 4, 2, dtype=jnp.float64)
+    lstm = jl.LSTM(3, 4, 2, dtype=jnp.float64, key=jax.random.key(0))
     assert {v.dtype for v in lstm.state_dict().values()} == {np.dtype(np.float64)}
     # Loading casts to the module's dtype, as PyTorch's copy_ does.
-    float32 = jl.LSTM(3, 4, 2)
+    float32 = jl.LSTM(3, 4, 2, key=jax.random.key(1))
     float32.load_state_dict(lstm.state_dict())
     assert {v.dtype for v in float32.state_dict().values()} == {np.dtype(np.float32)}
     for name, value in lstm.state_dict().items():
@@ -216,7 +230,7 @@ def twins():
     for batch_first in (False, True):
         torch.manual_seed(0)
         reference = torch.nn.LSTM(*CALL_ARGS, **CALL_KWARGS, batch_first=batch_first)
-        lstm = jl.LSTM(*CALL_ARGS, **CALL_KWARGS, batch_first=batch_first)
+        lstm = jl.LSTM(*CALL_ARGS, **CALL_KWARGS, batch_first=batch_first, key=jax.random.key(0))
         lstm.load_state_dict(reference.state_dict())
         pairs[batch_first] = lstm, reference
     return pairs
@@ -303,7 +317,7 @@ def test_packed_sequence_in_packed_sequence_out(twins, enforce_sorted):
 def test_cell_call_matches_torch(args, kwargs, with_hx, unbatched):
     torch.manual_seed(1)
     reference = torch.nn.LSTMCell(*args, **kwargs)
-    cell = jl.LSTMCell(*args, **kwargs)
+    cell = jl.LSTMCell(*args, **kwargs, key=jax.random.key(0))
     cell.load_state_dict(reference.state_dict())
     rng = np.random.default_rng(2)
     lead = () if unbatched else (BATCH,)

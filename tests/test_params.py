@@ -312,13 +312,20 @@ def test_cell_params_from_torch_refuses_bad_key(key, change):
 
 MODULES = [
     pytest.param(
-        lambda: jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, 2, bidirectional=True, proj_size=PROJ_SIZE),
+        lambda: jl.LSTM(
+            INPUT_SIZE,
+            HIDDEN_SIZE,
+            2,
+            bidirectional=True,
+            proj_size=PROJ_SIZE,
+            key=jax.random.key(0),
+        ),
         lambda: torch_module(FULL),
         LSTM_BAD_KEYS,
         id="LSTM",
     ),
     pytest.param(
-        lambda: jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE),
+        lambda: jl.LSTMCell(INPUT_SIZE, HIDDEN_SIZE, key=jax.random.key(0)),
         lambda: torch_cell(True),
         CELL_BAD_KEYS,
         id="LSTMCell",

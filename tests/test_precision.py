@@ -55,4 +55,4 @@ def test_matmul_dtype_is_refused_unless_floating():
     with pytest.raises(TypeError, match="matmul_dtype must be a floating dtype"):
         jl.lstm(params, jnp.ones((2, 1, 3)), matmul_dtype=jnp.int8)
     with pytest.raises(TypeError, match="matmul_dtype must be a floating dtype"):
-        jl.LSTM(3, 4, matmul_dtype="not a dtype")
+        jl.LSTM(3, 4, matmul_dtype="not a dtype", key=jax.random.key(0))

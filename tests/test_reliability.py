@@ -232,6 +232,7 @@ def test_packed_batch_of_empty_sequences(make, facade):
             bidirectional=case.bidirectional,
             proj_size=case.proj_size,
             dtype=jnp.float64,
+            key=jax.random.key(0),
         )
         module.params = params
         out, (h_n, c_n) = module(packed, hx)
@@ -367,7 +368,13 @@ def test_module_checkpoint_every_equals_plain_path():
     """``jl.LSTM(...)(x, checkpoint_every=k)``, gradients taken over the module."""
     params, x, hx, cotangents = checkpoint_inputs()
     module = jl.LSTM(
-        INPUT_SIZE, HIDDEN_SIZE, 2, bidirectional=True, proj_size=PROJ_SIZE, dtype=jnp.float64
+        INPUT_SIZE,
+        HIDDEN_SIZE,
+        2,
+        bidirectional=True,
+        proj_size=PROJ_SIZE,
+        dtype=jnp.float64,
+        key=jax.random.key(0),
     )
     module.params = params
 
@@ -496,7 +503,7 @@ def lstm(inp, hx=None, **kwargs):
 
 
 def module(**kwargs):
-    return jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, **kwargs)
+    return jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, **{"key": jax.random.key(0), **kwargs})
 
 
 def cell_x():
@@ -646,7 +653,11 @@ MODULE_CASES = [
     case("num_layers-float", lambda: module(num_layers=2.0), r"num_layers"),
     case("num_layers-bool", lambda: module(num_layers=True), r"num_layers"),
     case("proj_size-float", lambda: module(proj_size=1.0), r"proj_size"),
-    case("input_size-numpy-float", lambda: jl.LSTM(np.float64(3.0), 4), r"input_size"),
+    case(
+        "input_size-numpy-float",
+        lambda: jl.LSTM(np.float64(3.0), 4, key=jax.random.key(0)),
+        r"input_size",
+    ),
     case(
         "dropout-True",
         lambda: module(num_layers=2, dropout=True),
@@ -660,6 +671,8 @@ MODULE_CASES = [
         lambda: torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, 2, dropout="0.5"),
     ),
     case("key-string", lambda: module(key="key"), KEY_WORDS),
+    case("key-missing", lambda: jl.LSTM(INPUT_SIZE, HIDDEN_SIZE), r"needs a key.*jl\.LSTM\("),
+    case("key-None", lambda: module(key=None), r"needs a key.*key=jax\.random\.key\(0\)"),
     case("dtype-integer", lambda: module(dtype=jnp.int32), r"dtype"),
     case("dtype-junk", lambda: module(dtype="junk"), r"dtype|data type"),
     case("matmul_dtype-int", lambda: module(matmul_dtype=jnp.int32), r"matmul_dtype"),
@@ -721,18 +734,31 @@ CELL_CASES = [
         lambda: jl.init_cell_params(jax.random.key(0), 3.0, 4),
         r"input_size",
     ),
-    case("LSTMCell-input_size-float", lambda: jl.LSTMCell(3.0, 4), r"input_size"),
+    case(
+        "LSTMCell-input_size-float",
+        lambda: jl.LSTMCell(3.0, 4, key=jax.random.key(0)),
+        r"input_size",
+    ),
     case("LSTMCell-key-int", lambda: jl.LSTMCell(3, 4, key=3), KEY_WORDS),
+    case("LSTMCell-key-missing", lambda: jl.LSTMCell(3, 4), r"needs a key.*jl\.LSTMCell\("),
     case("cell-params-None", lambda: jl.lstm_cell(None, cell_x()), r"params"),
     case("cell-input-None", lambda: jl.lstm_cell(cell_params(), None), r"\binput\b"),
-    case("cell-input-string", lambda: jl.LSTMCell(3, 4)("not an array"), r"\binput\b"),
+    case(
+        "cell-input-string",
+        lambda: jl.LSTMCell(3, 4, key=jax.random.key(0))("not an array"),
+        r"\binput\b",
+    ),
     case(
         "cell-hx-single-array",
         lambda: jl.lstm_cell(cell_params(), cell_x(), cell_state()[0]),
         r"hx",
         lambda: torch.nn.LSTMCell(3, 4)(t(cell_x()), t(cell_state()[0])),
     ),
-    case("cell-hx-one-element", lambda: jl.LSTMCell(3, 4)(cell_x(), cell_state()[:1]), r"hx"),
+    case(
+        "cell-hx-one-element",
+        lambda: jl.LSTMCell(3, 4, key=jax.random.key(0))(cell_x(), cell_state()[:1]),
+        r"hx",
+    ),
     case(
         "cell-hidden1-batch",
         lambda: jl.lstm_cell(cell_params(), cell_x(), (cell_state()[0], cell_state(5)[1])),
@@ -771,7 +797,7 @@ CELL_CASES = [
     ),
     case(
         "cell-load_state_dict-None",
-        lambda: jl.LSTMCell(3, 4).load_state_dict(None),
+        lambda: jl.LSTMCell(3, 4, key=jax.random.key(0)).load_state_dict(None),
         r"Expected state_dict to be dict-like",
         lambda: torch.nn.LSTMCell(3, 4).load_state_dict(None),
     ),

@@ -279,7 +279,7 @@ def _assert_matches_torch(params, x, hx, results, tol):
 
 
 def test_float32_by_default():
-    lstm = jl.LSTM(INPUT_SIZE, HIDDEN_SIZE)
+    lstm = jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, key=jax.random.key(0))
     assert {leaf.dtype for leaf in jax.tree.leaves(lstm)} == {jnp.dtype(jnp.float32)}
     params = init_case_params(DTYPE_CASE)  # the library's default dtype
     x, hx, _ = random_inputs(DTYPE_CASE, np.float32)
@@ -290,7 +290,7 @@ def test_float32_by_default():
 
 @pytest.mark.usefixtures("x64")
 def test_float64_with_x64():
-    lstm = jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, dtype=jnp.float64)
+    lstm = jl.LSTM(INPUT_SIZE, HIDDEN_SIZE, dtype=jnp.float64, key=jax.random.key(0))
     assert {leaf.dtype for leaf in jax.tree.leaves(lstm)} == {jnp.dtype(jnp.float64)}
     params, x, hx = _inputs_in(jnp.float64)
     results = run_dtype_case(params, x, hx)

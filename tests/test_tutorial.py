@@ -46,7 +46,7 @@ def assert_matches(actual, expected):
 @pytest.fixture(scope="module")
 def lstm():
     # lstm = nn.LSTM(input_size=5, hidden_size=3)
-    return jl.LSTM(input_size=5, hidden_size=3)
+    return jl.LSTM(input_size=5, hidden_size=3, key=jax.random.key(0))
 
 
 @pytest.fixture(scope="module")
