@@ -148,9 +148,13 @@ def config_of(params: Params) -> Config:
 def as_arrays(params: Any, name: str = "params") -> Any:
     """``params`` (any PyTree) with every leaf as a JAX array: array-likes such as numpy
     arrays, flax ``nnx.Param`` variables and torch tensors are converted; a leaf
-    ``jnp.asarray`` refuses is a ``TypeError`` that names its place (``params[0][1].w_hh``)."""
+    ``jnp.asarray`` refuses is a ``TypeError`` that names its place (``params[0][1].w_hh``).
+    An array-like that is itself a PyTree (``nnx.Param``) is converted whole, so no wrapper
+    reaches what takes arrays only (the CPU kernel's custom call)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: as_array(name + jax.tree_util.keystr(path), leaf), params
+        lambda path, leaf: as_array(name + jax.tree_util.keystr(path), leaf),
+        params,
+        is_leaf=lambda leaf: hasattr(leaf, "__jax_array__"),
     )
 
 
