@@ -50,7 +50,7 @@ setup(
     ext_modules=[
         Extension(
             "jaxlstm._cpu_kernel",
-            sources=["jaxlstm/csrc/cpu_kernel.cc"],
+            sources=sorted(glob("jaxlstm/csrc/*.cc")),
             include_dirs=["jaxlstm/csrc/third_party"],
             # a rebuild follows any change of these (setuptools compares timestamps)
             depends=sorted(glob("jaxlstm/csrc/**/*.h", recursive=True)),

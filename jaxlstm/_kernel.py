@@ -1,7 +1,7 @@
-"""One layer in jaxlstm's fused CPU kernel (``csrc/cpu_kernel.cc``, an XLA FFI custom call).
+"""One layer in jaxlstm's fused CPU kernel (``csrc/``, XLA FFI custom calls).
 
-On an x86-64 CPU with AVX-512, a float32 layer without projection runs as one custom
-call, both directions at once, instead of a ``lax.scan``. Each step's gate matmul
+On an x86-64 CPU with AVX-512, or with AVX2 and FMA, a float32 layer without projection
+runs as one custom call, both directions at once, instead of a ``lax.scan``. Each step's gate matmul
 ``[x_t | h] @ [w_ih | w_hh]^T`` (the input projection included: no ``(L, N, 4H)`` array of
 input gates is written and read back) keeps its results in registers and applies the
 nonlinearities, the cell update and the length masks there, with the hidden units
@@ -16,20 +16,23 @@ whole arrays): no flips or stacks around the loop. The results are
 
 ``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16, its step matmuls in
 AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux grants them.
+The kernel is built twice, for AVX-512 (float32 and bfloat16 operands, AMX) and for AVX2
+with FMA (float32), and a call runs the best one this CPU has (:func:`available`).
+
 The kernel never breaks a call: where it cannot load, register or run (no C++ compiler at
-install, a CPU without AVX-512, an XLA whose FFI refuses the handlers), :func:`missing`
-says why, found once per process (loading, registering, then a self-test: one small
-layer against a NumPy loop), :func:`available` answers ``""``, every layer takes the
-``lax.scan`` path, and the first call that could have used the kernel warns once
-(:class:`KernelWarning`, with the cause and the fix).
+install, a CPU without AVX2, an XLA whose FFI refuses the handlers), :func:`missing`
+says why, found once per process and instruction set (loading, registering, then a
+self-test: one small layer against a NumPy loop), :func:`available` answers ``""``, every
+layer takes the ``lax.scan`` path, and the first call that could have used the kernel
+warns once (:class:`KernelWarning`, with the cause and the fix).
 
 Everything else takes the ``lax.scan`` path: float64 and other dtypes, ``proj_size > 0``,
 ``checkpoint_every`` shorter than the sequence, GPUs and TPUs, several devices, CPUs
-without AVX-512, an install without a C++ compiler, inside ``shard_map``. A call picks
-its path with :func:`jaxlstm.lstm`'s ``impl`` (:func:`choose`); ``JAXLSTM_CPU_KERNEL`` in
-the environment sets the default: ``0`` turns the kernel off, ``avx512`` keeps it off
-AMX; it is read at each call of :func:`jaxlstm.lstm` (a static argument of its compiled
-function).
+without AVX2, an install without a C++ compiler, inside ``shard_map``. A call picks its
+path with :func:`jaxlstm.lstm`'s ``impl`` (:func:`choose`); ``JAXLSTM_CPU_KERNEL`` in the
+environment sets the default: ``0`` turns the kernel off, ``avx512`` keeps it off AMX,
+``avx2`` on its AVX2 build; it is read at each call of :func:`jaxlstm.lstm` (a static
+argument of its compiled function).
 """
 
 from __future__ import annotations
@@ -70,10 +73,15 @@ class KernelWarning(RuntimeWarning):
 _warned = False
 
 
+# The kernels, best first: bfloat16 products in AMX tiles, then the two builds.
+KERNELS = ("amx", "avx512", "avx2")
+
+
 def available() -> str:
-    """The kernel this CPU runs and ``JAXLSTM_CPU_KERNEL`` allows: ``"amx"`` (bfloat16
-    products in AMX tiles), ``"avx512"``, or ``""`` where there is none (on the CPU
-    backend, the first such answer warns once why: :class:`KernelWarning`)."""
+    """The best kernel this CPU runs and ``JAXLSTM_CPU_KERNEL`` allows: ``"amx"`` (the
+    AVX-512 build, bfloat16 products in AMX tiles), ``"avx512"``, ``"avx2"``, or ``""``
+    where there is none (on the CPU backend, the first such answer warns once why:
+    :class:`KernelWarning`)."""
     choice = os.environ.get("JAXLSTM_CPU_KERNEL", "1")
     if choice == "0":
         return ""
@@ -81,7 +89,15 @@ def available() -> str:
     if reason:
         _warn_once(reason)
         return ""
-    return "amx" if choice != "avx512" and _amx_granted() else "avx512"
+    return _best(choice)
+
+
+def _best(choice: str) -> str:
+    """The best kernel this CPU runs at or below ``choice`` (``JAXLSTM_CPU_KERNEL``:
+    one of :data:`KERNELS`, anything else for no limit)."""
+    allowed = KERNELS[KERNELS.index(choice) :] if choice in KERNELS else KERNELS
+    runs = [k for k in allowed if (_amx_granted() if k == "amx" else k in _isas())]
+    return runs[0] if runs else _isas()[0]
 
 
 def _warn_once(reason: str) -> None:
@@ -114,8 +130,7 @@ def choose(impl: str) -> str:
         raise ValueError(
             f"impl='cpu_kernel' cannot run here: {reason}; use impl='auto' or impl='scan'"
         )
-    avx512 = os.environ.get("JAXLSTM_CPU_KERNEL") == "avx512"
-    return "amx" if not avx512 and _amx_granted() else "avx512"
+    return _best(os.environ.get("JAXLSTM_CPU_KERNEL", "1"))
 
 
 def missing() -> str:
@@ -132,25 +147,33 @@ def missing() -> str:
             "this install has no CPU kernel: it was not built (no C++17 compiler at install "
             "time); install g++ or clang++ and reinstall jaxlstm to get it"
         )
-    if not _extension.supported():
-        return "this CPU lacks AVX-512 (avx512f, avx512dq, avx512bw, avx512vl and fma)"
-    return _broken()
+    if not _isas():
+        return "this CPU lacks AVX2 and FMA (and AVX-512), which the kernel needs"
+    return next(filter(None, map(_broken, _isas())), "")
 
 
 @cache
-def _broken() -> str:
-    """Why the built kernel fails to register or to compute on this CPU, or ``""``: found
-    once per process, in a thread of its own (outside any trace the caller is in)."""
+def _isas() -> tuple[str, ...]:
+    """The instruction sets this CPU runs the kernel's builds with, best first."""
+    return tuple(_extension.isas())
+
+
+@cache
+def _broken(isa: str) -> str:
+    """Why the kernel's build for ``isa`` fails to register or to compute on this CPU, or
+    ``""``: found once per process, in a thread of its own (outside any trace the caller
+    is in)."""
     result = []
-    worker = threading.Thread(target=lambda: result.append(_self_test()))
+    worker = threading.Thread(target=lambda: result.append(_self_test(isa)))
     worker.start()
     worker.join()
     return result[0]
 
 
-def _self_test() -> str:
+def _self_test(isa: str) -> str:
     """Registers the kernel's handlers and runs one small bidirectional layer with lengths
-    through it, against a NumPy loop: ``""``, or what went wrong and what to do."""
+    through its build for ``isa``, against a NumPy loop: ``""``, or what went wrong (and
+    in which build) and what to do."""
     fix = (
         "reinstall jaxlstm against this jaxlib (pip install --force-reinstall --no-cache-dir "
         "jaxlstm), or report it with the output of python -m jaxlstm "
@@ -169,15 +192,15 @@ def _self_test() -> str:
     zeros = np.zeros((2, batch, hidden), np.float32)
     lengths = np.array([seq_len, 2], np.int32)
     try:
-        run = jax.jit(partial(_forward, mode="f32", save=False))
+        run = jax.jit(partial(_forward, mode="f32", isa=isa, save=False))
         y, h_n, c_n = jax.device_get(run(x, w_ih, b, w_hh, zeros, zeros, lengths))
     except Exception as error:  # e.g. "handler's API version (0.3) is incompatible ..."
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"its self-test failed to run ({type(error).__name__}: {first}); {fix}"
+        return f"its {isa} self-test failed to run ({type(error).__name__}: {first}); {fix}"
     want = _numpy_layer(x, w_ih, b, w_hh, lengths)
     got = (y, h_n, c_n)
     if not all(np.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want, strict=True)):
-        return f"its self-test computed wrong numbers; {fix}"
+        return f"its {isa} self-test computed wrong numbers; {fix}"
     return ""
 
 
@@ -210,17 +233,23 @@ def _amx_granted() -> bool:
 
 
 def unusable(
-    x: Array, w_hr: Array | None, matmul_dtype: Any, checkpoint_every: int | None, operands: Any
+    x: Array,
+    w_hr: Array | None,
+    matmul_dtype: Any,
+    checkpoint_every: int | None,
+    operands: Any,
+    kernel: str,
 ) -> str:
-    """Why :func:`layer` cannot compute the layer of input ``x`` and projection ``w_hr``
-    (at trace time, once :func:`available`), or ``""`` when it can; ``operands`` are all
-    its arrays (a pytree), any of which may vary over ``shard_map``'s mesh axes."""
+    """Why :func:`layer` cannot compute the layer of input ``x`` and projection ``w_hr`` in
+    ``kernel`` (at trace time, :func:`available`'s answer), or ``""`` when it can;
+    ``operands`` are all its arrays (a pytree), any of which may vary over
+    ``shard_map``'s mesh axes."""
+    bf16_kernel = kernel != "avx2" and _extension.supported_bf16()
     reasons = {
         "a projection (proj_size > 0)": w_hr is not None,
         "empty or symbolic shapes": not all(isinstance(d, int) and d > 0 for d in x.shape),
-        f"matmul_dtype {matmul_dtype} on this CPU (bfloat16 needs AVX512_BF16)": not (
-            matmul_dtype is None
-            or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and _extension.supported_bf16())
+        f"matmul_dtype {matmul_dtype} in the {kernel} kernel (bfloat16 needs AVX512_BF16)": not (
+            matmul_dtype is None or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and bf16_kernel)
         ),
         "checkpoint_every shorter than the sequence": not (
             checkpoint_every is None
@@ -262,8 +291,8 @@ def layer(
         matmul_dtype: ``None`` (float32 matmuls) or bfloat16: every matmul (the kernel's
             steps, the input and weight gradients) takes bfloat16 operands with float32
             sums; the state, the gates and the results stay float32.
-        kernel: :func:`available`'s answer; ``"amx"`` runs bfloat16 step matmuls in AMX
-            tiles.
+        kernel: :func:`available`'s answer (:data:`KERNELS`); ``"amx"`` runs bfloat16
+            step matmuls in AMX tiles.
         reference: the same layer in plain JAX, ``reference(x, w_ih, b, w_hh, h0, c0,
             lengths (N,), matmul_dtype) -> (y (L, N, D*H), h_n, c_n)``: forward mode and
             the derivatives of the kernel's derivatives (second order) run it.
@@ -275,7 +304,7 @@ def layer(
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
-    spec = _Spec(mode, reference, matmul_dtype)
+    spec = _Spec(mode, "avx2" if kernel == "avx2" else "avx512", reference, matmul_dtype)
     y, h_n, c_n = _layer((x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32)), spec)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
 
@@ -284,6 +313,7 @@ class _Spec(NamedTuple):
     """What a kernel call computes, beyond its operands (static, hashable)."""
 
     mode: str  # "f32", "bf16" or "amx" (bfloat16 products in AMX tiles)
+    isa: str  # the kernel's build: "avx512" or "avx2"
     reference: Callable  # the layer in plain JAX (see :func:`layer`)
     matmul_dtype: Any
 
@@ -323,8 +353,8 @@ def _amx_rows(batch: int) -> int:
     return batch if batch <= 16 else -(-batch // 16) * 16
 
 
-def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
-    """The kernel's forward loop, input projection included.
+def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, isa: str, *, save: bool):
+    """The kernel's forward loop (its build for ``isa``), input projection included.
 
     Returns:
         ``(y (L, N, D, H), h_n, c_n)``, then with ``save`` the residuals, each a tuple of
@@ -344,7 +374,9 @@ def _forward(x, w_ih, b, w_hh, h0, c0, lengths, mode: str, *, save: bool):
         return [jax.ShapeDtypeStruct((*r, width), dtype) for r in rows]
 
     out = jax.ffi.ffi_call(
-        "jaxlstm_lstm_forward" + ("_save" if save else "") + ("" if mode == "f32" else "_bf16"),
+        f"jaxlstm_{isa}_lstm_forward"
+        + ("_save" if save else "")
+        + ("" if mode == "f32" else "_bf16"),
         (
             jax.ShapeDtypeStruct((seq_len, batch, dirs, hidden), f32),
             state,
@@ -373,7 +405,7 @@ def _run(operands, spec, save: bool):
     """The kernel's forward loop over ``operands = (x, w_ih, b, w_hh, h0, c0, lengths)``
     (:func:`_forward`): ``(y, h_n, c_n)``, with ``save`` and the residuals
     ``(acts, cs, hp)``."""
-    out = _forward(*operands, spec.mode, save=save)
+    out = _forward(*operands, spec.mode, spec.isa, save=save)
     return (tuple(out[:3]), tuple(out[3:])) if save else tuple(out)
 
 
@@ -405,7 +437,7 @@ def _backward(residuals, cotangents, spec):
     w_in = tuple(w.astype(md) for w in w_ih)
     acts, cs = _slots(acts), _slots(cs)
     *d_gates, dh0, dc0 = jax.ffi.ffi_call(
-        "jaxlstm_lstm_backward" + ("_bf16" if bf16 else ""),
+        f"jaxlstm_{spec.isa}_lstm_backward" + ("_bf16" if bf16 else ""),
         (*(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in acts), state, state),
         vmap_method="sequential",
         input_output_aliases={1: 0, 2: 1},  # the gate cotangents overwrite the activations

@@ -107,7 +107,9 @@ def scan_layer(
         if strict:
             raise ValueError(f"impl='cudnn' cannot run this layer: {unusable}")
     if cpu_kernel:
-        unusable = _kernel.unusable(x, layer[0].w_hr, matmul_dtype, checkpoint_every, operands)
+        unusable = _kernel.unusable(
+            x, layer[0].w_hr, matmul_dtype, checkpoint_every, operands, cpu_kernel
+        )
         if not unusable:
             return _kernel.layer(
                 x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype, cpu_kernel, reference=_scanned

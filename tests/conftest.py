@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -139,6 +140,9 @@ def x64() -> Iterator[None]:
 
 
 KERNEL_MISSING = jl._kernel.missing()
+# The kernel's forward and backward custom calls (one per instruction set) in a program.
+KERNEL_FORWARD = re.compile(r"jaxlstm_(avx512|avx2)_lstm_forward")
+KERNEL_BACKWARD = re.compile(r"jaxlstm_(avx512|avx2)_lstm_backward")
 needs_kernel = pytest.mark.skipif(
     bool(KERNEL_MISSING), reason=f"the fused CPU kernel cannot run here: {KERNEL_MISSING}"
 )
@@ -149,14 +153,15 @@ def assert_in_kernel(fn: Callable, *args: Any, **static: Any) -> str:
     loop; its backward loop too where ``fn`` differentiates): the kernel really runs.
     Returns the lowered program's text."""
     text = jax.jit(fn, static_argnames=tuple(static)).lower(*args, **static).as_text()
-    assert "jaxlstm_lstm_forward" in text, "the kernel's custom call is not in the program"
+    isa = "avx2" if jl._kernel.available() == "avx2" else "avx512"
+    assert f"jaxlstm_{isa}_lstm_forward" in text, "the kernel's custom call is not in the program"
     return text
 
 
 @pytest.fixture
 def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """The kernel path's derivative structure with plain-JAX stand-ins for its two FFI
-    calls, so it runs on CPUs without AVX-512.
+    calls, so it runs on CPUs without the kernel.
 
     ``jaxlstm._kernel`` then says ``"avx512"`` is available, its forward loop is
     ``_scan._scanned`` (no residuals) and its backward loop the reference's VJP.
@@ -170,7 +175,7 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
 
     calls = {"backward": 0}
 
-    def forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, *, save):
+    def forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, isa, *, save):
         matmul_dtype = None if mode == "f32" else jnp.bfloat16
         y, h_n, c_n = _scan._scanned(x, w_ih, b, w_hh, h0, c0, lengths, matmul_dtype)
         y = y.reshape(*x.shape[:2], len(w_hh), -1)  # (L, N, D*H) -> (L, N, D, H)
@@ -185,14 +190,15 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     monkeypatch.setattr(_kernel, "_backward", backward)
     monkeypatch.setattr(_kernel, "available", lambda: "avx512")
     extension = types.SimpleNamespace(
-        supported=lambda: True,
+        isas=lambda: ["avx512", "avx2"],
         supported_bf16=lambda: True,
         supported_amx=lambda: False,
         __file__="fake_kernel (the stand-in of tests/conftest.py)",
     )
     monkeypatch.setattr(_kernel, "_extension", extension)
     monkeypatch.setattr(_kernel, "_amx_granted", lambda: False)
-    monkeypatch.setattr(_kernel, "_broken", lambda: "")  # no self-test of the stand-ins
+    monkeypatch.setattr(_kernel, "_isas", lambda: ("avx512", "avx2"))
+    monkeypatch.setattr(_kernel, "_broken", lambda isa: "")  # no self-test of the stand-ins
     jax.clear_caches()
     yield calls
     jax.clear_caches()

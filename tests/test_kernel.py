@@ -1,8 +1,8 @@
-"""jaxlstm's fused CPU kernel (``jaxlstm/_kernel.py``, ``jaxlstm/csrc/cpu_kernel.cc``).
+"""jaxlstm's fused CPU kernel (``jaxlstm/_kernel.py``, ``jaxlstm/csrc/``).
 
-The kernel runs every float32 layer without projection on x86-64 CPUs with AVX-512 (the
-machines CI runs on), so the float32 tests elsewhere already go through it at their tiny
-sizes. Here: sizes that reach its other code paths (two threads, batch rows beyond a
+The kernel runs every float32 layer without projection on x86-64 CPUs with AVX2 or
+AVX-512 (the machines CI runs on), so the float32 tests elsewhere already go through it
+at their tiny sizes. Here: sizes that reach its other code paths (two threads, batch rows beyond a
 register tile, hidden sizes that leave partial 16- and 64-unit tiles, one sequence,
 both directions, several layers), judged against PyTorch in float64 and against the
 ``lax.scan`` path; which calls take it; transforms and concurrent calls.
@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import re
 import threading
 import time
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_in_kernel, needs_kernel
+from conftest import KERNEL_BACKWARD, assert_in_kernel, needs_kernel
 
 import jaxlstm as jl
 from jaxlstm import _kernel
@@ -117,18 +118,20 @@ def _torch_float64(params, x, hx, cotangents, lengths):
     return loss.item(), grads, tx.grad.numpy(), [t.grad.numpy() for t in th]
 
 
-def test_kernel_is_built_and_used_where_the_cpu_has_avx512():
-    """On an x86-64 CPU with AVX-512 (CI's machines) the extension is built and on, its
-    bfloat16 kernels where the CPU has AVX512_BF16, in AMX tiles where it has AMX-BF16
-    (Linux grants AMX to any process that asks)."""
+def test_kernel_is_built_and_used_where_the_cpu_has_avx2():
+    """On an x86-64 CPU with AVX2 and FMA (CI's machines) the extension is built and on:
+    its AVX-512 build where the CPU has AVX-512, the bfloat16 kernels where it has
+    AVX512_BF16, in AMX tiles where it has AMX-BF16 (Linux grants AMX to any process that
+    asks); its AVX2 build on the others."""
     flags = _cpu_flags()
-    expected = {"avx512f", "avx512dq", "avx512bw", "avx512vl", "fma"} <= flags
-    assert bool(_kernel.available()) == expected, (sorted(flags), _kernel._extension)
-    if expected:
-        bf16 = "avx512_bf16" in flags
-        assert _kernel._extension.supported_bf16() == bf16
-        amx = bf16 and {"amx_tile", "amx_bf16"} <= flags
-        assert _kernel.available() == ("amx" if amx else "avx512")
+    avx512 = {"avx512f", "avx512dq", "avx512bw", "avx512vl", "fma"} <= flags
+    avx2 = {"avx2", "fma"} <= flags
+    assert _kernel._extension.isas() == ["avx512"] * avx512 + ["avx2"] * avx2
+    bf16 = avx512 and "avx512_bf16" in flags
+    assert _kernel._extension.supported_bf16() == bf16
+    amx = bf16 and {"amx_tile", "amx_bf16"} <= flags
+    expected = "amx" if amx else "avx512" if avx512 else "avx2" if avx2 else ""
+    assert _kernel.available() == expected, (sorted(flags), _kernel._extension)
 
 
 @needs_kernel
@@ -136,7 +139,7 @@ def test_kernel_is_built_and_used_where_the_cpu_has_avx512():
 def test_kernel_matches_torch_float64(name):
     params, x, hx, cotangents, lengths = _inputs(CONFIGS[name])
     text = assert_in_kernel(_value_and_grad, params, x, hx, cotangents, lengths)
-    assert "jaxlstm_lstm_backward" in text
+    assert KERNEL_BACKWARD.search(text)
     loss, (d_params, d_x, d_hx) = _value_and_grad(params, x, hx, cotangents, lengths)
     want_loss, want_params, want_x, want_hx = _torch_float64(params, x, hx, cotangents, lengths)
     scale = 1 + abs(want_loss)
@@ -176,6 +179,30 @@ def test_kernel_matches_the_scan_path(name, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+needs_both_builds = pytest.mark.skipif(
+    bool(_MISSING) or "avx512" not in _kernel._isas(),
+    reason=f"only one build of the kernel runs here: {_MISSING or 'this CPU lacks AVX-512'}",
+)
+
+
+@needs_both_builds
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_avx2_and_avx512_builds_agree(name, monkeypatch):
+    """On a CPU with AVX-512 the AVX2 build (``JAXLSTM_CPU_KERNEL=avx2``) runs too, and
+    agrees with the AVX-512 build to float32 rounding on outputs, states and gradients."""
+    params, x, hx, cotangents, lengths = _inputs(CONFIGS[name], seed=4)
+    _empty_last(x, lengths)
+    results = {}
+    for isa in ("avx512", "avx2"):
+        monkeypatch.setenv("JAXLSTM_CPU_KERNEL", isa)
+        text = assert_in_kernel(_value_and_grad, params, x, hx, cotangents, lengths)
+        assert f"jaxlstm_{isa}_lstm_backward" in text
+        results[isa] = _outputs_and_grads(params, x, hx, cotangents, lengths)
+    pairs = zip(jax.tree.leaves(results["avx2"]), jax.tree.leaves(results["avx512"]), strict=True)
+    for got, want in pairs:
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
 def _bfloat16_results(name, seed, modes):
     """Loss and gradients of config ``name`` (its last sequence empty): in float32, then
     with ``matmul_dtype=bfloat16`` under each ``JAXLSTM_CPU_KERNEL`` value of ``modes``."""
@@ -190,7 +217,7 @@ def _bfloat16_results(name, seed, modes):
             env.setenv("JAXLSTM_CPU_KERNEL", mode)
             if mode != "0":
                 text = assert_in_kernel(loss, params, x, hx, md=jnp.bfloat16)
-                assert "jaxlstm_lstm_forward_save_bf16" in text
+                assert "jaxlstm_avx512_lstm_forward_save_bf16" in text
                 assert ("amx = true" in text) == (mode == "1" and _kernel._amx_granted())
             results.append(
                 jax.tree.leaves(jax.jit(loss, static_argnums=3)(params, x, hx, jnp.bfloat16))
@@ -248,9 +275,9 @@ def test_amx_and_avx512_bfloat16_kernels_agree(name):
         assert float(jnp.max(jnp.abs(got - want))) / scale < 1e-4
 
 
-def _lowers_to_kernel(fn, *args, **kwargs) -> bool:
+def _lowers_to_kernel(fn, *args, isa=r"avx512|avx2", **kwargs) -> bool:
     text = jax.jit(fn, static_argnames=tuple(kwargs)).lower(*args, **kwargs).as_text()
-    return "jaxlstm_lstm_forward" in text
+    return re.search(rf"jaxlstm_({isa})_lstm_forward", text) is not None
 
 
 def test_which_calls_take_the_kernel(monkeypatch):
@@ -279,6 +306,12 @@ def test_which_calls_take_the_kernel(monkeypatch):
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params64, x.astype(jnp.float64))
+    monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "avx2")  # the AVX2 build, also on AVX-512 CPUs
+    assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x, isa="avx2") == on
+    assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x, isa="avx512")
+    assert not _lowers_to_kernel(
+        lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x
+    )  # (no bfloat16 products in AVX2)
     monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x)
 
@@ -299,7 +332,9 @@ def test_vmap_over_params_runs_each_member():
 
 
 @needs_kernel
-@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "matmul_dtype", [None, pytest.param(jnp.bfloat16, marks=needs_bf16)], ids=["f32", "bf16"]
+)
 def test_concurrent_calls_agree_with_serial_ones(matmul_dtype):
     """Independent kernel calls in one program and from several Python threads at once
     (each sharing XLA's intra-op threads, which configure their AMX tiles per call) give
@@ -346,7 +381,7 @@ def test_switch_is_read_at_each_call(monkeypatch):
     assert not _kernel.available()
     np.testing.assert_allclose(jl.lstm(params, x)[0], first, rtol=1e-6, atol=1e-6)
     monkeypatch.delenv("JAXLSTM_CPU_KERNEL")
-    assert bool(_kernel.available()) == bool(_kernel._extension and _kernel._extension.supported())
+    assert bool(_kernel.available()) == bool(_kernel._extension and _kernel._extension.isas())
     assert os.environ.get("JAXLSTM_CPU_KERNEL") is None
 
 

@@ -44,7 +44,7 @@ def fresh(monkeypatch):
 def _built(monkeypatch, *, supported=True):
     """A stand-in extension that says this CPU runs it."""
     extension = types.SimpleNamespace(
-        supported=lambda: supported,
+        isas=lambda: ["avx512", "avx2"] if supported else [],
         supported_bf16=lambda: False,
         supported_amx=lambda: False,
         handlers=dict,
@@ -52,6 +52,7 @@ def _built(monkeypatch, *, supported=True):
     )
     monkeypatch.setattr(_kernel, "_extension", extension)
     monkeypatch.setattr(_kernel, "_amx_granted", lambda: False)
+    monkeypatch.setattr(_kernel, "_isas", lambda: tuple(extension.isas()))
 
 
 def _raise(error):
@@ -61,7 +62,7 @@ def _raise(error):
     return fail
 
 
-def _wrong_forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, *, save):
+def _wrong_forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, isa, *, save):
     y = jnp.zeros((*x.shape[:2], len(w_hh), w_hh[0].shape[1]), jnp.float32)
     return y, h0 + 1, c0
 
@@ -78,7 +79,7 @@ def _load_error(monkeypatch):
     )
 
 
-def _no_avx512(monkeypatch):
+def _no_avx2(monkeypatch):
     _built(monkeypatch, supported=False)
 
 
@@ -102,7 +103,7 @@ def _wrong_numbers(monkeypatch):
 FAILURES = {
     "not-built": (_not_built, "no C++17 compiler"),
     "load-error": (_load_error, "undefined symbol: PyFoo"),
-    "no-avx512": (_no_avx512, "lacks AVX-512"),
+    "no-avx2": (_no_avx2, "lacks AVX2"),
     "registration-refused": (_registration_refused, "registering its XLA FFI handlers failed"),
     "abi-mismatch": (_run_refused, "API version (0.3) is incompatible"),
     "wrong-numbers": (_wrong_numbers, "computed wrong numbers"),
@@ -141,7 +142,7 @@ def test_a_failing_kernel_falls_back_with_one_warning(failure, fresh):
 
 
 def test_turned_off_on_purpose_says_nothing(fresh):
-    _no_avx512(fresh)
+    _no_avx2(fresh)
     fresh.setenv("JAXLSTM_CPU_KERNEL", "0")
     params, x, _ = _problem()
     with warnings.catch_warnings():
@@ -154,7 +155,7 @@ def test_a_working_kernel_passes_its_self_test(fresh):
     in for it), so it can only turn a kernel off for a reason."""
     from jaxlstm import _scan
 
-    def forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, *, save):
+    def forward(x, w_ih, b, w_hh, h0, c0, lengths, mode, isa, *, save):
         y, h_n, c_n = _scan._scanned(x, w_ih, b, w_hh, h0, c0, lengths, None)
         return y.reshape(*x.shape[:2], len(w_hh), -1), h_n, c_n
 

@@ -1,0 +1,28 @@
+// The kernels compiled for AVX2 and FMA: float32 operands.
+#include "kernels.h"
+#include "xla/ffi/api/ffi.h"
+
+#include "simd.h"  // (everything shared first, then the instruction set)
+
+#include "activations.h"
+#include "gemm.h"
+#include "pack.h"
+#include "forward.h"
+#include "backward.h"
+#include "handlers.h"
+
+namespace jaxlstm::avx2 {
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2Forward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2ForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2Backward, BackwardImpl<float>, BACKWARD_BINDING(F32));
+
+}  // namespace jaxlstm::avx2
+
+#pragma GCC pop_options  // (the table below runs on any CPU)
+
+std::vector<jaxlstm::Handler> jaxlstm::Avx2Handlers() {
+  return {{"jaxlstm_avx2_lstm_forward", reinterpret_cast<void*>(avx2::Avx2Forward)},
+          {"jaxlstm_avx2_lstm_forward_save", reinterpret_cast<void*>(avx2::Avx2ForwardSave)},
+          {"jaxlstm_avx2_lstm_backward", reinterpret_cast<void*>(avx2::Avx2Backward)}};
+}
