@@ -127,6 +127,30 @@ def test_load_average_is_the_one_before_the_run(tmp_path, monkeypatch):
     assert {r["load_average"] for r in json.loads(path.read_text())} == {0.25}
 
 
+def test_busy_cores_spin_while_the_systems_run(tmp_path, monkeypatch, capsys):
+    """``--busy N``: N spinning processes (children of the bench) live through the timed
+    run and are gone after it; the report and the JSON say so."""
+    me = os.getpid()
+    children = f"/proc/{me}/task/{me}/children"
+    seen = []
+    run_suite = bench.run_suite
+
+    def watched_run(*args, **kwargs):
+        with open(children) as f:
+            seen.extend(f.read().split())
+        return run_suite(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "run_suite", watched_run)
+    path = tmp_path / "rows.json"
+    bench.main(["--quick", "--configs", TINY, "--peers", "jaxlstm-scan", "--busy", "2"])
+    bench.main(["--quick", "--configs", TINY, "--busy", "2", "--json", str(path)])
+    assert len(seen) >= 4
+    with open(children) as f:
+        assert not set(seen) & set(f.read().split())  # killed and reaped
+    assert "2 core(s) kept busy by spinning processes throughout" in capsys.readouterr().out
+    assert {r["busy_cores"] for r in json.loads(path.read_text())} == {2}
+
+
 def test_a_wrong_peer_is_refused(monkeypatch):
 
     def reversed_gates(config, problem):
@@ -151,6 +175,7 @@ def test_a_wrong_peer_is_refused(monkeypatch):
         (["--peers", "torch,pytorch"], "unknown peer 'pytorch'"),
         (["--reps", "0"], "expected a positive integer, got '0'"),
         (["--dtype", "float16"], "invalid choice: 'float16'"),
+        (["--busy", "-1"], "expected a number of cores >= 0, got -1"),
     ],
 )
 def test_bad_arguments_are_refused(argv, message, capsys):

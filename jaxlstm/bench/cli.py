@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from jaxlstm.bench.busy import busy_cores
 from jaxlstm.bench.check import OutputMismatchError
 from jaxlstm.bench.configs import CONFIGS, QUICK, SUITES, Config, default_configs, parse_config
 from jaxlstm.bench.devices import DEVICE_KINDS, select_device
@@ -100,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
         "own first (PyTorch's spinning OpenMP workers and large XLA programs' clean-up "
         "then slow whatever runs next)",
     )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N cores busy with spinning processes while timing, as on a shared machine "
+        "(default: 0)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     return parser
@@ -117,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.busy < 0:
+        parser.error(f"argument --busy: expected a number of cores >= 0, got {args.busy}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -145,16 +156,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     machine = machine_info(peers, device)  # before the run: its load average is other work's
     machine["settling_calls"] = not args.back_to_back
+    machine["busy_cores"] = args.busy
     try:
-        rows, peaks = run_suite(
-            configs,
-            peers,
-            device=device,
-            dtype=args.dtype,
-            reps=reps,
-            peak_size=peak_size,
-            settle=not args.back_to_back,
-        )
+        with busy_cores(args.busy):
+            rows, peaks = run_suite(
+                configs,
+                peers,
+                device=device,
+                dtype=args.dtype,
+                reps=reps,
+                peak_size=peak_size,
+                settle=not args.back_to_back,
+            )
     except OutputMismatchError as error:
         sys.exit(f"jaxlstm-bench: error: {error}")
     print(

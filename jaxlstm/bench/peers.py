@@ -189,9 +189,11 @@ def _stack_layers(run_direction: Callable[[int, int, jax.Array], jax.Array], x, 
     return x
 
 
-def _build_jaxlstm(config: Config, problem: Problem, matmul_dtype: Any = None) -> Runner:
+def _build_jaxlstm(
+    config: Config, problem: Problem, matmul_dtype: Any = None, impl: str = "auto"
+) -> Runner:
     def forward(params, x, lengths):
-        return jl.lstm(params, x, lengths=lengths, matmul_dtype=matmul_dtype)[0]
+        return jl.lstm(params, x, lengths=lengths, matmul_dtype=matmul_dtype, impl=impl)[0]
 
     return _jax_runner(forward, problem.params, problem)
 
@@ -406,6 +408,10 @@ def _no_lengths(peer: str) -> Callable[[Config, Device, str], str | None]:
     return unsupported
 
 
+def _same_as_jaxlstm_off_cpu(device: Device) -> str | None:
+    return None if device.kind == "cpu" else "off CPU jaxlstm's default is the lax.scan path"
+
+
 def _cudnn_float32_only(config: Config, device: Device, dtype: str) -> str | None:
     if device.kind == "gpu" and dtype != "float32":
         return "jax.experimental.rnn.lstm (cuDNN) computes in float32 only"
@@ -425,6 +431,16 @@ PEERS: dict[str, Peer] = {
             "float32 accumulation, state, gates and results",
             functools.partial(_build_jaxlstm, matmul_dtype=jnp.bfloat16),
             tolerance=3e-2,
+        ),
+        Peer(
+            "jaxlstm-scan",
+            "jax",
+            "jaxlstm",
+            "jaxlstm",
+            "jaxlstm.lstm(impl='scan'): the lax.scan path, jaxlstm's where its CPU kernel "
+            "does not run",
+            functools.partial(_build_jaxlstm, impl="scan"),
+            unavailable=_same_as_jaxlstm_off_cpu,
         ),
         Peer(
             "torch",

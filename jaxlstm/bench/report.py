@@ -112,6 +112,11 @@ def format_report(
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
         f"load average {_fmt(machine['load_average'], '.2f')} before the run"
         + (
+            f", {machine['busy_cores']} core(s) kept busy by spinning processes throughout"
+            if machine.get("busy_cores")
+            else ""
+        )
+        + (
             ", each system's pass called once untimed before its timed call after another's"
             if machine.get("settling_calls")
             else ", back to back"
