@@ -83,7 +83,7 @@ def lstm(
             at the cost of one more forward pass). ``None`` (default) keeps everything.
         impl: how layers run (static): ``"auto"`` (default) in jaxlstm's fused CPU
             kernel where it applies (float32 layers without projection on an x86-64 CPU
-            with AVX-512, one device; ``JAXLSTM_CPU_KERNEL=0`` in the environment turns
+            with AVX2 or AVX-512, one device; ``JAXLSTM_CPU_KERNEL=0`` in the environment turns
             this default off), else as ``lax.scan``; ``"scan"`` always as ``lax.scan``
             (e.g. for :func:`jax.export`: the kernel's custom call cannot travel);
             ``"cpu_kernel"`` in the kernel, or a ``ValueError`` that says why it can't;

@@ -107,6 +107,7 @@ def format_report(
     if device.kind == "gpu":
         where = f"{hardware(machine)} (GPU; host {where})"
     framework_dtype = {"jax": dtype, "torch": device.torch_dtype(dtype)}
+    width = max(8, *(len(p.name) for p in peers))
     lines = [
         f"jaxlstm-bench on {where}, "
         f"{machine['platform']}, JAX device {machine['jax_device']}, "
@@ -126,7 +127,7 @@ def format_report(
             ", ".join(f"{k} {framework_dtype[k]} {v:.1f} GFLOP/s" for k, v in peaks.items()),
         ),
         "systems:",
-        *(f"  {p.name:<8} {p.version():<10} {p.describe(device)}" for p in peers),
+        *(f"  {p.name:<{width}} {p.version():<10} {p.describe(device)}" for p in peers),
         "configs:",
         *(f"  {c.name:<8} {c.shape}" for c in configs),
         "",
