@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -110,8 +111,19 @@ def _warn_once(reason: str) -> None:
         "path: the same results, about half the kernel's speed on CPU "
         "(JAXLSTM_CPU_KERNEL=0 silences this; python -m jaxlstm shows the configuration)",
         KernelWarning,
-        stacklevel=5,  # _warn_once, available, choose, lstm: the caller of jaxlstm.lstm
+        stacklevel=_user_level(),
     )
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` for a warning from :func:`_warn_once` that points at the user's
+    line: the first caller outside jaxlstm and JAX (``jl.lstm(...)``, or the call of a
+    ``jax.jit``-compiled function that traces it)."""
+    inside = tuple(os.path.dirname(path) + os.sep for path in (__file__, jax.__file__))
+    frame, level = sys._getframe(2), 2  # _warn_once's caller is level 2
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def choose(impl: str) -> str:

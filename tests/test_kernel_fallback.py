@@ -141,6 +141,18 @@ def test_a_failing_kernel_falls_back_with_one_warning(failure, fresh):
     assert cause in "\n".join(jl._show.config_lines())
 
 
+def test_the_warning_points_at_the_users_line_under_jit(fresh):
+    """A ``jax.jit``-compiled function that calls ``jl.lstm`` warns at the user's call of
+    the compiled function, not inside JAX's tracing."""
+    _no_avx2(fresh)
+    params, x, _ = _problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.jit(jl.lstm)(params, x)
+    said = [w for w in caught if issubclass(w.category, _kernel.KernelWarning)]
+    assert [w.filename for w in said] == [__file__]
+
+
 def test_turned_off_on_purpose_says_nothing(fresh):
     _no_avx2(fresh)
     fresh.setenv("JAXLSTM_CPU_KERNEL", "0")
