@@ -1,4 +1,4 @@
-"""The fused CPU kernel's C++ unit tests (``tests/csrc/``), each built with
+"""The fused CPU kernel's C++ unit tests (``jaxlstm/csrc/tests/``), each built with
 AddressSanitizer and UndefinedBehaviorSanitizer and run: the thread team (forced thread
 counts, more threads than cores, helpers that come late or never), the working memory
 (aligned, kept, given back), the nonlinearities against libm in ulp, and the weight
@@ -66,10 +66,10 @@ def test_cpp_unit_tests_under_sanitizers(program, isa, tmp_path):
         "-fno-sanitize-recover=all",
         "-pthread",
         f"-I{CSRC}",
-        f"-I{ROOT / 'tests' / 'csrc'}",
+        f"-I{CSRC / 'tests'}",
         f'-DJAXLSTM_ISA_NAME="{program} {isa or ""}"'.replace(' "', '"'),
         *(["-DJAXLSTM_AVX512"] if isa == "avx512" else []),
-        str(ROOT / "tests" / "csrc" / f"test_{program}.cc"),
+        str(CSRC / "tests" / f"test_{program}.cc"),
         *(str(CSRC / unit) for unit in ("team.cc", "tiles.cc", "scratch.cc")),
         "-o",
         str(binary),

@@ -1,7 +1,7 @@
 // A minimal harness for the kernel's C++ unit tests: CHECK(condition) << context, and a
 // main that runs every TEST and exits non-zero when any check failed.
-#ifndef JAXLSTM_TESTS_CSRC_CHECK_H_
-#define JAXLSTM_TESTS_CSRC_CHECK_H_
+#ifndef JAXLSTM_CSRC_TESTS_CHECK_H_
+#define JAXLSTM_CSRC_TESTS_CHECK_H_
 
 #include <cstdio>
 #include <functional>
@@ -76,4 +76,4 @@ struct Register {
     return check::Failures() == 0 ? 0 : 1;                                         \
   }
 
-#endif  // JAXLSTM_TESTS_CSRC_CHECK_H_
+#endif  // JAXLSTM_CSRC_TESTS_CHECK_H_
