@@ -14,10 +14,12 @@ whole arrays): no flips or stacks around the loop. The results are
 :func:`jaxlstm._scan.scan_layer`'s to float32 rounding (the kernel's ``exp``/``tanh`` are
 ~1 ulp polynomials).
 
-``matmul_dtype=bfloat16`` runs here too on CPUs with AVX512_BF16, its step matmuls in
-AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux grants them.
-The kernel is built twice, for AVX-512 (float32 and bfloat16 operands, AMX) and for AVX2
-with FMA (float32), and a call runs the best one this CPU has (:func:`available`).
+``matmul_dtype=bfloat16`` runs here too: with AVX512_BF16's dot products, its step
+matmuls in AMX tiles where the CPU has them (Intel Sapphire Rapids and later) and Linux
+grants them, and elsewhere with the operands widened to float32 for FMAs (AVX2). The
+kernel is built twice, for AVX-512 (AVX512_BF16 and AMX for bfloat16) and for AVX2 with
+FMA, and a call runs the best one this CPU has (:func:`available`; a bfloat16 layer on
+an AVX-512 CPU without AVX512_BF16 takes the AVX2 build).
 
 The kernel never breaks a call: where it cannot load, register or run (no C++ compiler at
 install, a CPU without AVX2, an XLA whose FFI refuses the handlers), :func:`missing`
@@ -256,12 +258,11 @@ def unusable(
     ``kernel`` (at trace time, :func:`available`'s answer), or ``""`` when it can;
     ``operands`` are all its arrays (a pytree), any of which may vary over
     ``shard_map``'s mesh axes."""
-    bf16_kernel = kernel != "avx2" and _extension.supported_bf16()
     reasons = {
         "a projection (proj_size > 0)": w_hr is not None,
         "empty or symbolic shapes": not all(isinstance(d, int) and d > 0 for d in x.shape),
-        f"matmul_dtype {matmul_dtype} in the {kernel} kernel (bfloat16 needs AVX512_BF16)": not (
-            matmul_dtype is None or (jnp.dtype(matmul_dtype) == jnp.bfloat16 and bf16_kernel)
+        f"matmul_dtype {matmul_dtype} (the kernel's are float32 and bfloat16)": not (
+            matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.bfloat16
         ),
         "checkpoint_every shorter than the sequence": not (
             checkpoint_every is None
@@ -316,9 +317,18 @@ def layer(
     if lengths is None:
         lengths = jnp.full((batch,), seq_len, jnp.int32)
     mode = "f32" if matmul_dtype is None else ("amx" if kernel == "amx" else "bf16")
-    spec = _Spec(mode, "avx2" if kernel == "avx2" else "avx512", reference, matmul_dtype)
+    spec = _Spec(mode, build(kernel, matmul_dtype), reference, matmul_dtype)
     y, h_n, c_n = _layer((x, w_ih, b, w_hh, h0, c0, lengths.astype(jnp.int32)), spec)
     return y.reshape(seq_len, batch, -1), h_n, c_n  # (L, N, D, H) -> (L, N, D*H)
+
+
+def build(kernel: str, matmul_dtype: Any) -> str:
+    """The kernel's build (``"avx512"`` or ``"avx2"``) that runs a layer in ``kernel``
+    (:data:`KERNELS`) with ``matmul_dtype``: bfloat16 products in the AVX-512 build need
+    AVX512_BF16, and take the AVX2 build where the CPU lacks it."""
+    if kernel == "avx2" or (matmul_dtype is not None and not _extension.supported_bf16()):
+        return "avx2"
+    return "avx512"
 
 
 class _Spec(NamedTuple):

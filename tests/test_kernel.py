@@ -39,10 +39,6 @@ CONFIGS = {
 
 
 _MISSING = _kernel.missing()
-needs_bf16 = pytest.mark.skipif(
-    bool(_MISSING) or not _kernel._extension.supported_bf16(),
-    reason=f"the bfloat16 kernels cannot run here: {_MISSING or 'this CPU lacks AVX512_BF16'}",
-)
 
 
 def _cpu_flags() -> set[str]:
@@ -217,7 +213,8 @@ def _bfloat16_results(name, seed, modes):
             env.setenv("JAXLSTM_CPU_KERNEL", mode)
             if mode != "0":
                 text = assert_in_kernel(loss, params, x, hx, md=jnp.bfloat16)
-                assert "jaxlstm_avx512_lstm_forward_save_bf16" in text
+                build = _kernel.build(_kernel.available(), jnp.bfloat16)
+                assert f"jaxlstm_{build}_lstm_forward_save_bf16" in text
                 assert ("amx = true" in text) == (mode == "1" and _kernel._amx_granted())
             results.append(
                 jax.tree.leaves(jax.jit(loss, static_argnums=3)(params, x, hx, jnp.bfloat16))
@@ -249,7 +246,7 @@ def test_bfloat16_matmuls_on_the_scan_path(name):
     _assert_bfloat16_error(scan, float32)
 
 
-@needs_bf16
+@needs_kernel
 @pytest.mark.parametrize("kernel", ["1", "avx512"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bfloat16_matmuls_match_the_scan_path(name, kernel):
@@ -263,7 +260,7 @@ def test_bfloat16_matmuls_match_the_scan_path(name, kernel):
     assert max(_relative_errors(fused, scan)) < 2e-2
 
 
-@needs_bf16
+@needs_kernel
 @pytest.mark.parametrize("name", CONFIGS)
 def test_amx_and_avx512_bfloat16_kernels_agree(name):
     """The AMX products round the same bfloat16 operands as AVX512_BF16's dot products and
@@ -292,10 +289,7 @@ def test_which_calls_take_the_kernel(monkeypatch):
     )
     projected = jl.init_params(jax.random.key(0), 3, 8, proj_size=4)
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), projected, x)
-    bf16 = on and _kernel._extension.supported_bf16()
-    assert (
-        _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x) == bf16
-    )
+    assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x) == on
     text = jax.jit(lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16)).lower(params, x)
     assert ("amx = true" in text.as_text()) == (kernel == "amx")
     monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "avx512")
@@ -309,9 +303,8 @@ def test_which_calls_take_the_kernel(monkeypatch):
     monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "avx2")  # the AVX2 build, also on AVX-512 CPUs
     assert _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x, isa="avx2") == on
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x, isa="avx512")
-    assert not _lowers_to_kernel(
-        lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16), params, x
-    )  # (no bfloat16 products in AVX2)
+    bf16 = lambda p, x: jl.lstm(p, x, matmul_dtype=jnp.bfloat16)  # noqa: E731
+    assert _lowers_to_kernel(bf16, params, x, isa="avx2") == on  # widened to float32 for FMAs
     monkeypatch.setenv("JAXLSTM_CPU_KERNEL", "0")
     assert not _lowers_to_kernel(lambda p, x: jl.lstm(p, x), params, x)
 
@@ -332,9 +325,7 @@ def test_vmap_over_params_runs_each_member():
 
 
 @needs_kernel
-@pytest.mark.parametrize(
-    "matmul_dtype", [None, pytest.param(jnp.bfloat16, marks=needs_bf16)], ids=["f32", "bf16"]
-)
+@pytest.mark.parametrize("matmul_dtype", [None, jnp.bfloat16], ids=["f32", "bf16"])
 def test_concurrent_calls_agree_with_serial_ones(matmul_dtype):
     """Independent kernel calls in one program and from several Python threads at once
     (each sharing XLA's intra-op threads, which configure their AMX tiles per call) give
@@ -391,7 +382,7 @@ def _spin(seconds: float) -> None:
         pass
 
 
-@needs_bf16
+@needs_kernel
 @pytest.mark.parametrize(
     "name, matmul_dtype",
     [("two-threads", None), ("two-threads", jnp.bfloat16), ("chunked-input-part", None)],

@@ -16,7 +16,7 @@ struct Handler {
 // AVX-512F/DQ/BW/VL and FMA (bfloat16: AVX512_BF16 too).
 std::vector<Handler> Avx512Handlers();
 
-// Float32 operands: for CPUs with AVX2 and FMA.
+// Float32 and bfloat16 operands (widened to float32 for FMAs): for CPUs with AVX2 and FMA.
 std::vector<Handler> Avx2Handlers();
 
 }  // namespace jaxlstm

@@ -1,4 +1,4 @@
-// The kernels compiled for AVX2 and FMA: float32 operands.
+// The kernels compiled for AVX2 and FMA: float32 and bfloat16 operands.
 #include "kernels.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -16,6 +16,11 @@ namespace jaxlstm::avx2 {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2Forward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2ForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2Backward, BackwardImpl<float>, BACKWARD_BINDING(F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2ForwardBf16, (ForwardImpl<Bf16, false>),
+                              FORWARD_BINDING(MBuf<Bf16>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2ForwardSaveBf16, (ForwardImpl<Bf16, true>),
+                              FORWARD_BINDING(MBuf<Bf16>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2BackwardBf16, BackwardImpl<Bf16>, BACKWARD_BINDING(MBuf<Bf16>));
 
 }  // namespace jaxlstm::avx2
 
@@ -24,5 +29,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx2Backward, BackwardImpl<float>, BACKWARD_BINDIN
 std::vector<jaxlstm::Handler> jaxlstm::Avx2Handlers() {
   return {{"jaxlstm_avx2_lstm_forward", reinterpret_cast<void*>(avx2::Avx2Forward)},
           {"jaxlstm_avx2_lstm_forward_save", reinterpret_cast<void*>(avx2::Avx2ForwardSave)},
-          {"jaxlstm_avx2_lstm_backward", reinterpret_cast<void*>(avx2::Avx2Backward)}};
+          {"jaxlstm_avx2_lstm_backward", reinterpret_cast<void*>(avx2::Avx2Backward)},
+          {"jaxlstm_avx2_lstm_forward_bf16", reinterpret_cast<void*>(avx2::Avx2ForwardBf16)},
+          {"jaxlstm_avx2_lstm_forward_save_bf16",
+           reinterpret_cast<void*>(avx2::Avx2ForwardSaveBf16)},
+          {"jaxlstm_avx2_lstm_backward_bf16", reinterpret_cast<void*>(avx2::Avx2BackwardBf16)}};
 }

@@ -1,5 +1,7 @@
 // Vectors of 16 float32 values as two AVX2 registers (include through simd.h): the same
-// operations as simd_avx512.h's, for float32 operands (no bfloat16 products on AVX2).
+// operations as simd_avx512.h's. AVX2 has no bfloat16 arithmetic: bfloat16 operands are
+// widened to float32 (exactly: a bfloat16 is a float32's upper half) and multiplied with
+// FMAs, in AVX512_BF16's order, so the products read half the memory at float32's speed.
 #pragma GCC push_options  // popped by the unit, after its kernels (kernels_*.cc)
 #pragma GCC target("avx2,fma")
 
@@ -27,6 +29,21 @@ inline __m256i Expand(uint32_t bits) {
 template <typename Op>
 inline Vec Each(Vec a, Vec b, Op op) {
   return {op(a.lo, b.lo), op(a.hi, b.hi)};
+}
+// The float32 values of the even and odd bfloat16 halves of 8 32-bit pairs.
+inline __m256 Even(__m256i pairs) { return _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16)); }
+inline __m256 Odd(__m256i pairs) {
+  return _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+// 8 float32 values as bfloat16 bits in the low halves of 32-bit lanes, rounded to
+// nearest even as XLA converts (NaN stays a quiet NaN of its sign).
+inline __m256i RoundToBf16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+  return _mm256_blendv_epi8(rounded, nan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
 }
 // 2^k for integral k in [-126, 127] (a float's exponent field).
 inline __m256 Pow2(__m256i k) {
@@ -103,6 +120,47 @@ inline Vec Mac(Vec sums, const float* a, const float* b) {
           _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 8), sums.hi)};
 }
 
+
+// sums += a (the k-pair at a, broadcast) * b (one 16-column row of a bfloat16 panel: 16
+// pairs along k): the odd k, then the even one, as AVX512_BF16's dot product adds them.
+inline Vec Mac(Vec sums, const Bf16* a, const Bf16* b) {
+  uint32_t pair;
+  std::memcpy(&pair, a, sizeof(pair));
+  const __m256i both = _mm256_set1_epi32(static_cast<int>(pair));
+  const __m256 a_even = internal::Even(both), a_odd = internal::Odd(both);
+  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b) + 1);
+  return {_mm256_fmadd_ps(a_even, internal::Even(lo),
+                          _mm256_fmadd_ps(a_odd, internal::Odd(lo), sums.lo)),
+          _mm256_fmadd_ps(a_even, internal::Even(hi),
+                          _mm256_fmadd_ps(a_odd, internal::Odd(hi), sums.hi))};
+}
+
+// 16 float32 values as bfloat16 bits (round to nearest even, as XLA converts), stored
+// under mask m.
+inline void StoreBf16(Mask m, Bf16* p, Vec v) {
+  // packus interleaves 128-bit lanes: lo 0-3, hi 0-3 (lanes 8-11), lo 4-7, hi 4-7.
+  const __m256i packed =
+      _mm256_packus_epi32(internal::RoundToBf16(v.lo), internal::RoundToBf16(v.hi));
+  const __m256i ordered = _mm256_permute4x64_epi64(packed, 0xd8);
+  if (m == 0xffff) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), ordered);
+    return;
+  }
+  alignas(32) uint16_t bits[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bits), ordered);
+  for (int lane = 0; lane < 16; ++lane)
+    if (m >> lane & 1) p[lane].bits = bits[lane];
+}
+
+// PackUnit (pack.h) for bfloat16: rows k and k + 1, the k of a pair adjacent.
+inline void PackUnit(const Bf16* src, int64_t ld, int64_t k, int64_t rows, Mask m, Bf16* dst) {
+  for (int64_t lane = 0; lane < 16; ++lane) {
+    const bool real = m >> lane & 1;
+    dst[2 * lane] = real && k < rows ? src[lane] : Bf16{};
+    dst[2 * lane + 1] = real && k + 1 < rows ? src[ld + lane] : Bf16{};
+  }
+}
 
 // PackBlockNaive (layout.h): packing runs once per call, far from the loop's cost.
 template <typename M, typename Dst>

@@ -174,13 +174,31 @@ void CheckAll() {
 
 TEST(float32_panels_and_products) { CheckAll<float>(); }
 
-#if defined(JAXLSTM_AVX512)
 TEST(bfloat16_panels_and_products) {
   CheckAll<Bf16>();
   for (int64_t H : {5, 37, 70}) CheckPackForward<Bf16>(2, H, 32, /*amx=*/true);  // tile order
   CheckPackBackward<Bf16>(2, 40, /*amx=*/true);
 }
-#endif
+
+// StoreBf16 rounds to nearest even, as XLA converts, under its mask.
+TEST(bfloat16_stores_round_to_nearest_even) {
+  const float values[16] = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 3.0e38f, 1e-40f, -0.0f,
+                            0.1f, 1.00390637f, 65504.0f, 1.0f / 3, -7.0f, 1e-3f, 2.0f, 4.0f, 8.0f};
+  // 1 + 2^-8 is a tie: to the even 1.0 (one float above it: up); 1 + 3 * 2^-8 a tie: to
+  // the even 1 + 2^-6.
+  const uint16_t want[16] = {0x3f80, 0x3f80, 0x3f82, 0xc020, 0x7f62, 0x0001, 0x8000, 0x3dcd,
+                             0x3f81, 0x4780, 0x3eab, 0xc0e0, 0x3a83, 0x4000, 0x4080, 0x4100};
+  Bf16 out[16];
+  for (Bf16& b : out) b.bits = 0x1234;
+  StoreBf16(Lanes(16), out, LoadU(values));
+  for (int i = 0; i < 16; ++i) CHECK(out[i].bits == want[i]) << i << ": " << out[i].bits;
+  const float nan = std::nanf("");
+  float with_nan[16] = {nan, -nan};
+  for (Bf16& b : out) b.bits = 0x1234;
+  StoreBf16(Lanes(3), out, LoadU(with_nan));
+  CHECK((out[0].bits & 0x7fc0) == 0x7fc0 && (out[1].bits & 0x7fc0) == 0x7fc0);  // quiet NaNs
+  CHECK(out[2].bits == 0 && out[3].bits == 0x1234);  // masked: lane 3 on is untouched
+}
 
 }  // namespace
 
