@@ -240,6 +240,20 @@ def _numpy_layer(x, w_ih, b, w_hh, lengths):
     return y, h_n, c_n
 
 
+def describe_builds() -> str:
+    """The kernel's builds this CPU runs and how each multiplies bfloat16, in words (for
+    ``python -m jaxlstm`` and the test report's header)."""
+    if not _isas():
+        return "no build runs on this CPU (it lacks AVX2 and FMA)"
+    bf16 = {
+        "avx512": "AMX tiles" if _amx_granted() else "AVX512_BF16 dot products",
+        "avx2": "widened to float32 for FMAs",
+    }
+    if not _extension.supported_bf16():
+        bf16["avx512"] = "in the avx2 build (no AVX512_BF16)"
+    return "builds for this CPU: " + ", ".join(f"{i} (bfloat16: {bf16[i]})" for i in _isas())
+
+
 @cache
 def _amx_granted() -> bool:
     """Whether this CPU has AMX's bfloat16 tiles and Linux lets this process use them."""

@@ -28,6 +28,8 @@ def config_lines() -> list[str]:
         + ("built (" + os.path.basename(ext.__file__) + ")" if ext else "not built")
         + f"; JAXLSTM_CPU_KERNEL={os.environ.get('JAXLSTM_CPU_KERNEL', '(unset)')}",
     ]
+    if ext is not None:
+        lines.append(f"fused CPU kernel: {_kernel.describe_builds()}")
     auto = _kernel.available()
     if auto:
         path = f"the fused CPU kernel ({auto})"

@@ -140,6 +140,24 @@ def x64() -> Iterator[None]:
 
 
 KERNEL_MISSING = jl._kernel.missing()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Says, after every run, which of the kernel's paths its tests could take (the tests
+    of the others skip, saying why)."""
+    kernel = jl._kernel
+    if kernel._extension is None:
+        lines = [f"none ({KERNEL_MISSING})"]
+    else:
+        lines = [
+            kernel.describe_builds(),
+            f"impl='auto' takes {kernel.available() or 'the lax.scan path'}"
+            + (f" ({KERNEL_MISSING})" if KERNEL_MISSING else ""),
+        ]
+    for line in lines:
+        terminalreporter.write_line(f"jaxlstm's CPU kernel here: {line}")
+
+
 # The kernel's forward and backward custom calls (one per instruction set) in a program.
 KERNEL_FORWARD = re.compile(r"jaxlstm_(avx512|avx2)_lstm_forward")
 KERNEL_BACKWARD = re.compile(r"jaxlstm_(avx512|avx2)_lstm_backward")

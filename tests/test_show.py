@@ -32,6 +32,8 @@ def test_python_m_jaxlstm_names_versions_and_the_path_with_its_reason():
     out = _run()
     assert f"jaxlstm {jl.__version__}\n" in out
     assert f"jax {jax.__version__}, jaxlib {jax.lib.__version__}" in out
+    if _kernel._extension is not None:  # which builds run here, and their bfloat16 products
+        assert f"fused CPU kernel: {_kernel.describe_builds()}\n" in out
     if _kernel.available():
         assert f"{PATH_LINE}the fused CPU kernel ({_kernel.available()})" in out
     else:
