@@ -148,7 +148,7 @@ def with_every_configuration(test):
 
 @pytest.mark.usefixtures("x64")
 @settings(
-    max_examples=200,
+    max_examples=120,
     deadline=None,
     derandomize=True,
     database=None,

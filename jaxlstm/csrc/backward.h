@@ -86,8 +86,7 @@ struct Backward {
                     if (unit >= s.H) break;
                     const Mask m = UnitMask(unit, s.H);
                     const int64_t state = (d * s.N + n) * s.H + unit;
-                    const Vec dh = Add(LoadU(&acc[kPanel * n + kLanes * q]),
-                                                    Load(m, dh0 + state));
+                    const Vec dh = Add(LoadU(&acc[kPanel * n + kLanes * q]), Load(m, dh0 + state));
                     if (step == 0) {
                       Store(m, dh0 + state, dh);
                     } else {
@@ -117,19 +116,15 @@ struct Backward {
     const Vec i = Load(m, a), f = Load(m, a + s.H), g = Load(m, a + 2 * s.H);
     const Vec o = Load(m, a + 3 * s.H);
     const Vec c = Load(m, cs[d] + res * s.H + unit);
-    const Vec c_prev = step > 0
-                              ? Load(m, cs[d] + s.Residual(s.Time(d, step - 1), n) * s.H + unit)
-                              : Load(m, c0 + state);
+    const Vec c_prev = step > 0 ? Load(m, cs[d] + s.Residual(s.Time(d, step - 1), n) * s.H + unit)
+                                : Load(m, c0 + state);
     const Vec dr = Add(dh, Load(m, d_ys + s.Row(t, n, d) * s.H + unit));
     const Vec one = Set(1.0f), tanh_c = Tanh(c);
-    const Vec dc = Fma(Mul(dr, o), Fnma(tanh_c, tanh_c, one),
-                                      Load(m, dc0 + state));
+    const Vec dc = Fma(Mul(dr, o), Fnma(tanh_c, tanh_c, one), Load(m, dc0 + state));
     const Vec di = Mul(Mul(dc, g), Mul(i, Sub(one, i)));
-    const Vec df =
-        Mul(Mul(dc, c_prev), Mul(f, Sub(one, f)));
+    const Vec df = Mul(Mul(dc, c_prev), Mul(f, Sub(one, f)));
     const Vec dgg = Mul(Mul(dc, i), Fnma(g, g, one));
-    const Vec do_ =
-        Mul(Mul(dr, tanh_c), Mul(o, Sub(one, o)));
+    const Vec do_ = Mul(Mul(dr, tanh_c), Mul(o, Sub(one, o)));
     put(0, di);  // dg may alias a: every gate was loaded above
     put(1, df);
     put(2, dgg);

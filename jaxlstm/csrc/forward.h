@@ -104,8 +104,7 @@ struct Forward {
                   const float* x_part = xg + (t - t_first) * s.N * kPanel;
                   Product(h_t, He, s.N, panel + Ie * kPanel, He, false, acc);
                   for (int64_t i = 0; i < s.N * kPanel; i += kLanes) {
-                    StoreU(acc + i, Add(LoadU(acc + i),
-                                                            LoadU(x_part + i)));
+                    StoreU(acc + i, Add(LoadU(acc + i), LoadU(x_part + i)));
                   }
                 } else if (!amx) {
                   Product(x_t, Ie, s.N, panel, Ie, false, acc);
@@ -134,12 +133,11 @@ struct Forward {
   // Time t of direction d for 16 units of row n, from its gates' matmul part; returns the
   // new state.
   Vec Epilogue(int64_t t, int64_t d, int64_t n, int64_t unit, Mask m, const float* gates,
-                  const State& in, const State& out) const {
+               const State& in, const State& out) const {
     const int64_t G = s.G(), row = s.Row(t, n, d), state = (d * s.N + n) * s.H + unit;
     const float* bias = b[d] + unit;
     Vec a[4];
-    for (int q = 0; q < 4; ++q)
-      a[q] = Add(LoadU(gates + kLanes * q), Load(m, bias + q * s.H));
+    for (int q = 0; q < 4; ++q) a[q] = Add(LoadU(gates + kLanes * q), Load(m, bias + q * s.H));
     a[0] = Sigmoid(a[0]);
     a[1] = Sigmoid(a[1]);
     a[2] = Tanh(a[2]);

@@ -66,8 +66,8 @@ int64_t PanelOffset(bool amx, int64_t p, int64_t q) {
 // dst(p): dst(p)[lane * kPack + j] = src[lane * ld + k], k = k0 + (p - p0) kPack + j.
 // Element by element: the reference of the instruction sets' versions (PackBlock).
 template <typename M, typename Dst>
-void PackBlockNaive(const M* src, int64_t ld, int64_t lanes, int64_t k0, int64_t k_end,
-                    int64_t p0, int64_t packed_rows, const Dst& dst) {
+void PackBlockNaive(const M* src, int64_t ld, int64_t lanes, int64_t k0, int64_t k_end, int64_t p0,
+                    int64_t packed_rows, const Dst& dst) {
   for (int64_t p = p0; p < p0 + 16 && p < packed_rows; ++p) {
     M* unit = dst(p);
     for (int64_t lane = 0; lane < kLanes; ++lane)

@@ -33,7 +33,8 @@ inline Vec Each(Vec a, Vec b, Op op) {
 // The float32 values of the even and odd bfloat16 halves of 8 32-bit pairs.
 inline __m256 Even(__m256i pairs) { return _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16)); }
 inline __m256 Odd(__m256i pairs) {
-  return _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  return _mm256_castsi256_ps(
+      _mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 // 8 float32 values as bfloat16 bits in the low halves of 32-bit lanes, rounded to
 // nearest even as XLA converts (NaN stays a quiet NaN of its sign).
@@ -119,7 +120,6 @@ inline Vec Mac(Vec sums, const float* a, const float* b) {
   return {_mm256_fmadd_ps(x, _mm256_loadu_ps(b), sums.lo),
           _mm256_fmadd_ps(x, _mm256_loadu_ps(b + 8), sums.hi)};
 }
-
 
 // sums += a (the k-pair at a, broadcast) * b (one 16-column row of a bfloat16 panel: 16
 // pairs along k): the odd k, then the even one, as AVX512_BF16's dot product adds them.

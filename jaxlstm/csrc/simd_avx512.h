@@ -47,8 +47,8 @@ inline Vec Recip(Vec d) {
 // |magnitude| with the sign of `sign` (magnitude >= 0).
 inline Vec WithSign(Vec magnitude, Vec sign) {
   const __m512i bit = _mm512_set1_epi32(INT32_MIN);
-  return _mm512_castsi512_ps(_mm512_or_si512(
-      _mm512_castps_si512(magnitude), _mm512_and_si512(_mm512_castps_si512(sign), bit)));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude),
+                                             _mm512_and_si512(_mm512_castps_si512(sign), bit)));
 }
 // Per lane: below where x < limit, else above.
 inline Vec SelectBelow(Vec x, Vec limit, Vec below, Vec above) {

@@ -52,7 +52,7 @@ class Team {
        const void* work, Call call);
 
  private:
-  void Alone();   // the plain loop, on the calling thread (no one to share with)
+  void Alone();  // the plain loop, on the calling thread (no one to share with)
   void Join(int thread);
   void Finish();  // after the caller's Join: marks the work done, waits for the helpers inside
   void Execute(int64_t item, int64_t step, int thread, uint64_t& item_cycles);

@@ -57,23 +57,22 @@ struct Register {
   } else                 \
     check::Failure(__FILE__, __LINE__, #condition)
 
-#define TEST(name)                                        \
-  void name();                                            \
-  static check::Register register_##name(#name, &name);   \
+#define TEST(name)                                      \
+  void name();                                          \
+  static check::Register register_##name(#name, &name); \
   void name()
 
 // The test program's main: runs every TEST, says which ran, and how many checks failed.
-#define CHECK_MAIN(suite)                                                          \
-  int main() {                                                                     \
-    for (const check::Test& test : check::Registry()) {                            \
-      const int before = check::Failures();                                        \
-      test.body();                                                                 \
-      std::printf("%s %s: %s\n", suite, test.name,                                 \
-                  check::Failures() == before ? "ok" : "FAILED");                  \
-    }                                                                              \
-    std::printf("%s: %zu tests, %d failed checks\n", suite, check::Registry().size(), \
-                check::Failures());                                                \
-    return check::Failures() == 0 ? 0 : 1;                                         \
+#define CHECK_MAIN(suite)                                                                          \
+  int main() {                                                                                     \
+    for (const check::Test& test : check::Registry()) {                                            \
+      const int before = check::Failures();                                                        \
+      test.body();                                                                                 \
+      std::printf("%s %s: %s\n", suite, test.name, check::Failures() == before ? "ok" : "FAILED"); \
+    }                                                                                              \
+    std::printf("%s: %zu tests, %d failed checks\n", suite, check::Registry().size(),              \
+                check::Failures());                                                                \
+    return check::Failures() == 0 ? 0 : 1;                                                         \
   }
 
 #endif  // JAXLSTM_CSRC_TESTS_CHECK_H_

@@ -7,9 +7,11 @@
 #include <limits>
 #include <vector>
 
+// clang-format off: simd.h first (see it)
 #include "check.h"
 #include "simd.h"
 #include "activations.h"
+// clang-format on
 
 namespace {
 
@@ -52,8 +54,8 @@ double UlpError(const std::vector<float>& xs, const std::vector<float>& got, dou
   for (size_t i = 0; i < xs.size(); ++i) {
     const double w = want(xs[i]);
     const float wf = static_cast<float>(w);
-    const double ulp = std::nextafter(std::fabs(wf), std::numeric_limits<float>::infinity()) -
-                       std::fabs(wf);
+    const double ulp =
+        std::nextafter(std::fabs(wf), std::numeric_limits<float>::infinity()) - std::fabs(wf);
     const double error = std::fabs(got[i] - w) / std::max(ulp, 1e-45);
     if (error > worst) worst = error, *worst_x = xs[i];
   }

@@ -7,10 +7,12 @@
 #include <random>
 #include <vector>
 
+// clang-format off: simd.h first (see it)
 #include "check.h"
 #include "simd.h"
 #include "gemm.h"
 #include "pack.h"
+// clang-format on
 
 namespace {
 
@@ -61,7 +63,9 @@ void CheckPackBlock() {
         for (int64_t packed_rows : {int64_t{3}, int64_t{16}, int64_t{40}}) {
           const int64_t p0 = packed_rows > 16 ? 16 : 0;
           std::vector<M> fast(40 * kPanel, FromFloat<M>(9)), naive = fast;
-          auto at = [](std::vector<M>& v) { return [&v](int64_t p) { return &v[p * kLanes * kPack<M>]; }; };
+          auto at = [](std::vector<M>& v) {
+            return [&v](int64_t p) { return &v[p * kLanes * kPack<M>]; };
+          };
           PackBlock(src.data(), ld, lanes, k0, k_end, p0, packed_rows, at(fast));
           PackBlockNaive(src.data(), ld, lanes, k0, k_end, p0, packed_rows, at(naive));
           bool same = true;
@@ -99,8 +103,8 @@ void CheckPackForward(int64_t D, int64_t H, int64_t I, bool amx) {
                 panel[PanelOffset<M>(amx, k / kPack<M>, gate) + lane * kPack<M> + k % kPack<M>];
             wrong += ToFloat(got) != want;
           }
-  CHECK(wrong == 0) << wrong << " wrong elements: D " << D << " H " << H << " I " << I
-                    << " amx " << amx;
+  CHECK(wrong == 0) << wrong << " wrong elements: D " << D << " H " << H << " I " << I << " amx "
+                    << amx;
 }
 
 // Every element of the backward panels: W[k][q * 16 + lane] = w_hh[d][k][64 v + 16 q +
@@ -182,8 +186,9 @@ TEST(bfloat16_panels_and_products) {
 
 // StoreBf16 rounds to nearest even, as XLA converts, under its mask.
 TEST(bfloat16_stores_round_to_nearest_even) {
-  const float values[16] = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 3.0e38f, 1e-40f, -0.0f,
-                            0.1f, 1.00390637f, 65504.0f, 1.0f / 3, -7.0f, 1e-3f, 2.0f, 4.0f, 8.0f};
+  const float values[16] = {1.0f,  1.00390625f, 1.01171875f, -2.5f,    3.0e38f,  1e-40f,
+                            -0.0f, 0.1f,        1.00390637f, 65504.0f, 1.0f / 3, -7.0f,
+                            1e-3f, 2.0f,        4.0f,        8.0f};
   // 1 + 2^-8 is a tie: to the even 1.0 (one float above it: up); 1 + 3 * 2^-8 a tie: to
   // the even 1 + 2^-6.
   const uint16_t want[16] = {0x3f80, 0x3f80, 0x3f82, 0xc020, 0x7f62, 0x0001, 0x8000, 0x3dcd,

@@ -1,12 +1,11 @@
 // The kernels' working memory (jaxlstm/csrc/scratch.h): aligned, kept between calls,
 // given back after a call that grew it past kKeepBytes.
-#include "scratch.h"
-
 #include <cstdint>
 #include <cstring>
 #include <thread>
 
 #include "check.h"
+#include "scratch.h"
 
 namespace {
 

@@ -1,8 +1,6 @@
 // The thread team (jaxlstm/csrc/team.h): every item of every step runs, the steps in
 // order, whatever the pool does with the helpers (runs them at once, late, or never), with
 // more threads than cores, with and without backups.
-#include "team.h"
-
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -10,6 +8,7 @@
 #include <vector>
 
 #include "check.h"
+#include "team.h"
 
 namespace {
 
