@@ -167,3 +167,27 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 d_ys, F32 acts_0, F32 acts_1, 
       .Attr<bool>("amx")
 
 }  // namespace jaxlstm::JAXLSTM_ISA
+
+// The six handlers of one build (prefix P: Avx512, Avx2), in its namespace, then (after the
+// unit's pragma is popped) the table of them by target name, jaxlstm_<isa>_lstm_*.
+#define JAXLSTM_DEFINE_HANDLERS(P)                                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##Forward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##ForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32)); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##Backward, BackwardImpl<float>, BACKWARD_BINDING(F32));          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##ForwardBf16, (ForwardImpl<Bf16, false>),                        \
+                                FORWARD_BINDING(MBuf<Bf16>));                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##ForwardSaveBf16, (ForwardImpl<Bf16, true>),                     \
+                                FORWARD_BINDING(MBuf<Bf16>));                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(P##BackwardBf16, BackwardImpl<Bf16>, BACKWARD_BINDING(MBuf<Bf16>))
+#define JAXLSTM_HANDLER_TABLE(P, isa)                                                         \
+  {                                                                                           \
+    {"jaxlstm_" #isa "_lstm_forward", reinterpret_cast<void*>(isa::P##Forward)},              \
+        {"jaxlstm_" #isa "_lstm_forward_save", reinterpret_cast<void*>(isa::P##ForwardSave)}, \
+        {"jaxlstm_" #isa "_lstm_backward", reinterpret_cast<void*>(isa::P##Backward)},        \
+        {"jaxlstm_" #isa "_lstm_forward_bf16", reinterpret_cast<void*>(isa::P##ForwardBf16)}, \
+        {"jaxlstm_" #isa "_lstm_forward_save_bf16",                                           \
+         reinterpret_cast<void*>(isa::P##ForwardSaveBf16)},                                   \
+    {                                                                                         \
+      "jaxlstm_" #isa "_lstm_backward_bf16", reinterpret_cast<void*>(isa::P##BackwardBf16)    \
+    }                                                                                         \
+  }

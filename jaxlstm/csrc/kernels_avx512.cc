@@ -17,26 +17,12 @@
 
 namespace jaxlstm::avx512 {
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512Forward, (ForwardImpl<float, false>), FORWARD_BINDING(F32));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512ForwardSave, (ForwardImpl<float, true>), FORWARD_BINDING(F32));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512Backward, BackwardImpl<float>, BACKWARD_BINDING(F32));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512ForwardBf16, (ForwardImpl<Bf16, false>),
-                              FORWARD_BINDING(MBuf<Bf16>));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512ForwardSaveBf16, (ForwardImpl<Bf16, true>),
-                              FORWARD_BINDING(MBuf<Bf16>));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Avx512BackwardBf16, BackwardImpl<Bf16>, BACKWARD_BINDING(MBuf<Bf16>));
+JAXLSTM_DEFINE_HANDLERS(Avx512);
 
 }  // namespace jaxlstm::avx512
 
 #pragma GCC pop_options  // (the table below runs on any CPU)
 
 std::vector<jaxlstm::Handler> jaxlstm::Avx512Handlers() {
-  return {
-      {"jaxlstm_avx512_lstm_forward", reinterpret_cast<void*>(avx512::Avx512Forward)},
-      {"jaxlstm_avx512_lstm_forward_save", reinterpret_cast<void*>(avx512::Avx512ForwardSave)},
-      {"jaxlstm_avx512_lstm_backward", reinterpret_cast<void*>(avx512::Avx512Backward)},
-      {"jaxlstm_avx512_lstm_forward_bf16", reinterpret_cast<void*>(avx512::Avx512ForwardBf16)},
-      {"jaxlstm_avx512_lstm_forward_save_bf16",
-       reinterpret_cast<void*>(avx512::Avx512ForwardSaveBf16)},
-      {"jaxlstm_avx512_lstm_backward_bf16", reinterpret_cast<void*>(avx512::Avx512BackwardBf16)}};
+  return JAXLSTM_HANDLER_TABLE(Avx512, avx512);
 }
